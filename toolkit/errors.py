@@ -1,0 +1,79 @@
+"""One error tree for the whole toolkit.
+
+Every error the toolkit raises derives from :class:`ToolkitError`. Errors carry
+structured context (topic, partition, offset, projection, aggregate, ...) as
+attributes so callers can react without parsing messages. Messages never
+contain secrets: adapters translate backend errors at their edge and pass only
+what is safe to show (names, coordinates, reasons).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+
+class ToolkitError(Exception):
+    """Root of every error raised by the toolkit."""
+
+    def __init__(self, message: str, **context: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.context: Mapping[str, Any] = dict(context)
+
+    def __str__(self) -> str:
+        shown = {k: v for k, v in self.context.items() if v is not None}
+        if not shown:
+            return self.message
+        details = ", ".join(f"{k}={v!r}" for k, v in shown.items())
+        return f"{self.message} ({details})"
+
+
+class ConfigurationError(ToolkitError, ValueError):
+    """A setting, file or argument is invalid; the message says which and why."""
+
+
+class InvalidToken(ConfigurationError):
+    """A consistency token string could not be parsed."""
+
+
+class ConnectorError(ToolkitError):
+    """A backend (Kafka, Redis, ZooKeeper, ...) failed or could not be reached."""
+
+
+class PublishError(ConnectorError):
+    """An event was not acknowledged by Kafka; it may not have been written."""
+
+
+class ConsumeError(ConnectorError):
+    """Reading or committing offsets failed."""
+
+
+class AdminError(ConnectorError):
+    """A Kafka admin request (topics, offsets, groups) failed."""
+
+
+class SerializationError(ToolkitError):
+    """Bytes could not be encoded or decoded with the expected schema."""
+
+
+class UnknownSchema(SerializationError):
+    """The schema named by a record is not known to this process."""
+
+
+class StackError(ToolkitError):
+    """The local stack (``kct stack``) could not be provisioned, started or stopped."""
+
+
+__all__ = [
+    "AdminError",
+    "ConfigurationError",
+    "ConnectorError",
+    "ConsumeError",
+    "InvalidToken",
+    "PublishError",
+    "SerializationError",
+    "StackError",
+    "ToolkitError",
+    "UnknownSchema",
+]

@@ -1,0 +1,109 @@
+"""Dead-letter topics: where records that cannot be processed go, with the reason.
+
+A consumer never stalls on a poison record and never drops one silently: it
+writes the record, unchanged (key, value, original headers), to the
+dead-letter topic with headers saying why and where it came from, waits until
+Kafka acknowledged that copy, and only then moves its own offset past the
+original. If the dead-letter write fails, ``PublishError`` propagates and the
+original offset is not committed, so the record is read again.
+
+The default dead-letter topic of ``orders`` is ``orders.dlq``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from toolkit.errors import SerializationError
+from toolkit.ports import ConsumedRecord, OutgoingRecord, RecordProducer
+from toolkit.positions import Position
+
+__all__ = ["DeadLetter", "DeadLetterHeader", "DeadLetterQueue", "dead_letter_topic"]
+
+_MAX_ERROR_CHARS = 1000
+
+
+class DeadLetterHeader:
+    """Headers added to a dead-lettered record."""
+
+    REASON = "dlq_reason"
+    ERROR = "dlq_error"
+    SOURCE_TOPIC = "dlq_source_topic"
+    SOURCE_PARTITION = "dlq_source_partition"
+    SOURCE_OFFSET = "dlq_source_offset"
+    SOURCE_TIMESTAMP = "dlq_source_timestamp"
+    CONSUMER_GROUP = "dlq_consumer_group"
+    FAILED_AT = "dlq_failed_at"
+
+
+def dead_letter_topic(topic: str) -> str:
+    """The default dead-letter topic of ``topic``."""
+    return f"{topic}.dlq"
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A dead-lettered record as read back from a dead-letter topic."""
+
+    reason: str
+    error: str
+    source: Position
+    consumer_group: str
+    record: ConsumedRecord
+
+    @classmethod
+    def from_record(cls, record: ConsumedRecord) -> DeadLetter:
+        def text(name: str) -> str:
+            value = record.header(name)
+            if value is None:
+                raise SerializationError(
+                    "not a dead-letter record", missing=name, position=str(record.position)
+                )
+            return value.decode(errors="replace")
+
+        return cls(
+            reason=text(DeadLetterHeader.REASON),
+            error=text(DeadLetterHeader.ERROR),
+            source=Position(
+                text(DeadLetterHeader.SOURCE_TOPIC),
+                int(text(DeadLetterHeader.SOURCE_PARTITION)),
+                int(text(DeadLetterHeader.SOURCE_OFFSET)),
+            ),
+            consumer_group=text(DeadLetterHeader.CONSUMER_GROUP),
+            record=record,
+        )
+
+
+class DeadLetterQueue:
+    """Writes poison records to their dead-letter topic and counts them."""
+
+    def __init__(
+        self,
+        producer: RecordProducer,
+        consumer_group: str,
+        topic_for: Callable[[str], str] = dead_letter_topic,
+    ) -> None:
+        self._producer = producer
+        self._group = consumer_group
+        self._topic_for = topic_for
+        self.counts: dict[str, int] = {}
+
+    def send(self, record: ConsumedRecord, reason: str, error: str) -> Position:
+        """Copy ``record`` to its dead-letter topic; returns once Kafka acknowledged it."""
+        extra = {
+            DeadLetterHeader.REASON: reason,
+            DeadLetterHeader.ERROR: error[:_MAX_ERROR_CHARS],
+            DeadLetterHeader.SOURCE_TOPIC: record.topic,
+            DeadLetterHeader.SOURCE_PARTITION: str(record.partition),
+            DeadLetterHeader.SOURCE_OFFSET: str(record.offset),
+            DeadLetterHeader.SOURCE_TIMESTAMP: str(record.timestamp_ms or ""),
+            DeadLetterHeader.CONSUMER_GROUP: self._group,
+            DeadLetterHeader.FAILED_AT: str(time.time_ns() // 1_000_000),
+        }
+        headers = record.headers + tuple((k, v.encode()) for k, v in extra.items())
+        copy = OutgoingRecord(self._topic_for(record.topic), record.key, record.value, headers)
+        (position,) = self._producer.produce([copy])
+        self.counts[reason] = self.counts.get(reason, 0) + 1
+        return position

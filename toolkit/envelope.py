@@ -1,0 +1,201 @@
+"""The event envelope and its Kafka headers.
+
+An event travels as one Kafka record: key = aggregate id (so an aggregate's
+events share a partition and stay in order), value = the payload serialised
+by an :class:`~toolkit.ports.EventCodec` (Avro binary), and the metadata in
+headers, each a UTF-8 string:
+
+====================  ==========================================================
+``event_id``          UUIDv7, unique per event (time-ordered, but never compared)
+``event_type``        the payload schema's full name
+``aggregate_type``    e.g. ``order``
+``aggregate_id``      the record key, repeated for tools that ignore keys
+``sequence``          the aggregate's version after this event (decimal)
+``hlc``               hybrid logical clock, ``wall_ms:logical:node``
+``schema``            the writer schema reference, ``full.name@fingerprint``
+``fence``             fencing token of a strong write (decimal), when present
+``correlation_id``    the flow this event belongs to (a saga, a request)
+``causation_id``      the event or command that caused this one
+``traceparent``       W3C trace context, when tracing is on
+``tracestate``        W3C trace context, when present
+====================  ==========================================================
+
+Decoding fails with :class:`~toolkit.errors.SerializationError` (or its
+subclass ``UnknownSchema``) when a required header is missing or malformed or
+the payload does not decode; consumers route such records to the dead-letter
+topic instead of stopping.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from uuid6 import uuid7
+
+from toolkit.errors import SerializationError
+from toolkit.hlc import HLCTimestamp
+from toolkit.ports import ConsumedRecord, EventCodec, Headers, OutgoingRecord
+from toolkit.positions import Position
+
+__all__ = ["ConsumedEvent", "Envelope", "HeaderName", "decode_record", "encode_envelope"]
+
+
+class HeaderName:
+    """Header names of the envelope (see the module docstring)."""
+
+    EVENT_ID = "event_id"
+    EVENT_TYPE = "event_type"
+    AGGREGATE_TYPE = "aggregate_type"
+    AGGREGATE_ID = "aggregate_id"
+    SEQUENCE = "sequence"
+    HLC = "hlc"
+    SCHEMA = "schema"
+    FENCE = "fence"
+    CORRELATION_ID = "correlation_id"
+    CAUSATION_ID = "causation_id"
+    TRACEPARENT = "traceparent"
+    TRACESTATE = "tracestate"
+
+
+_REQUIRED = (
+    HeaderName.EVENT_ID,
+    HeaderName.EVENT_TYPE,
+    HeaderName.AGGREGATE_TYPE,
+    HeaderName.AGGREGATE_ID,
+    HeaderName.SEQUENCE,
+    HeaderName.HLC,
+    HeaderName.SCHEMA,
+)
+
+
+def new_event_id() -> str:
+    """A fresh UUIDv7 as a string."""
+    return str(uuid7())
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One domain event with its metadata."""
+
+    event_type: str
+    aggregate_type: str
+    aggregate_id: str
+    sequence: int
+    payload: Mapping[str, Any]
+    event_id: str = field(default_factory=new_event_id)
+    hlc: HLCTimestamp | None = None
+    schema_ref: str | None = None
+    fence: int | None = None
+    correlation_id: str | None = None
+    causation_id: str | None = None
+    traceparent: str | None = None
+    tracestate: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.aggregate_id:
+            raise ValueError("an event needs a non-empty aggregate_id")
+        if self.sequence < 0:
+            raise ValueError(f"sequence must be >= 0, got {self.sequence}")
+
+    def with_changes(self, **changes: Any) -> Envelope:
+        return replace(self, **changes)
+
+    def headers(self) -> Headers:
+        """The envelope's metadata as Kafka headers (requires hlc and schema_ref)."""
+        if self.hlc is None or self.schema_ref is None:
+            raise ValueError("stamp hlc and schema_ref before building headers")
+        pairs: list[tuple[str, str | None]] = [
+            (HeaderName.EVENT_ID, self.event_id),
+            (HeaderName.EVENT_TYPE, self.event_type),
+            (HeaderName.AGGREGATE_TYPE, self.aggregate_type),
+            (HeaderName.AGGREGATE_ID, self.aggregate_id),
+            (HeaderName.SEQUENCE, str(self.sequence)),
+            (HeaderName.HLC, str(self.hlc)),
+            (HeaderName.SCHEMA, self.schema_ref),
+            (HeaderName.FENCE, None if self.fence is None else str(self.fence)),
+            (HeaderName.CORRELATION_ID, self.correlation_id),
+            (HeaderName.CAUSATION_ID, self.causation_id),
+            (HeaderName.TRACEPARENT, self.traceparent),
+            (HeaderName.TRACESTATE, self.tracestate),
+        ]
+        return tuple((name, value.encode()) for name, value in pairs if value is not None)
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumedEvent:
+    """A decoded event and where it was read from."""
+
+    envelope: Envelope
+    position: Position
+
+
+def encode_envelope(
+    topic: str, envelope: Envelope, codec: EventCodec, hlc: HLCTimestamp
+) -> tuple[Envelope, OutgoingRecord]:
+    """Serialise an event for ``topic``: the stamped envelope and its record."""
+    encoded = codec.encode(envelope.event_type, envelope.payload)
+    stamped = replace(envelope, hlc=hlc, schema_ref=encoded.schema_ref)
+    record = OutgoingRecord(
+        topic=topic,
+        key=envelope.aggregate_id.encode(),
+        value=encoded.data,
+        headers=stamped.headers(),
+    )
+    return stamped, record
+
+
+def decode_record(record: ConsumedRecord, codec: EventCodec) -> ConsumedEvent:
+    """Decode a consumed record into an event; raise SerializationError if it is not one."""
+    text = _header_strings(record)
+    missing = [name for name in _REQUIRED if name not in text]
+    if missing:
+        raise SerializationError(
+            "record is not a kct event: missing headers",
+            missing=",".join(missing),
+            position=str(record.position),
+        )
+    if record.value is None:
+        raise SerializationError("event has no value", position=str(record.position))
+    payload = codec.decode(record.value, text[HeaderName.SCHEMA])
+    envelope = Envelope(
+        event_type=text[HeaderName.EVENT_TYPE],
+        aggregate_type=text[HeaderName.AGGREGATE_TYPE],
+        aggregate_id=text[HeaderName.AGGREGATE_ID],
+        sequence=_integer(text, HeaderName.SEQUENCE, record),
+        payload=payload,
+        event_id=text[HeaderName.EVENT_ID],
+        hlc=HLCTimestamp.parse(text[HeaderName.HLC]),
+        schema_ref=text[HeaderName.SCHEMA],
+        fence=_integer(text, HeaderName.FENCE, record) if HeaderName.FENCE in text else None,
+        correlation_id=text.get(HeaderName.CORRELATION_ID),
+        causation_id=text.get(HeaderName.CAUSATION_ID),
+        traceparent=text.get(HeaderName.TRACEPARENT),
+        tracestate=text.get(HeaderName.TRACESTATE),
+    )
+    return ConsumedEvent(envelope, record.position)
+
+
+def _header_strings(record: ConsumedRecord) -> dict[str, str]:
+    text: dict[str, str] = {}
+    for name, value in record.headers:
+        try:
+            text[name] = value.decode() if value is not None else ""
+        except UnicodeDecodeError as exc:
+            raise SerializationError(
+                "header is not UTF-8", header=name, position=str(record.position)
+            ) from exc
+    return text
+
+
+def _integer(text: Mapping[str, str], name: str, record: ConsumedRecord) -> int:
+    value = text[name]
+    if not value.isdigit():
+        raise SerializationError(
+            "header is not a non-negative integer",
+            header=name,
+            value=value[:40],
+            position=str(record.position),
+        )
+    return int(value)

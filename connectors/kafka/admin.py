@@ -1,0 +1,220 @@
+"""Kafka administration: topics, end offsets, and consumer groups' committed offsets.
+
+``KafkaAdmin`` implements the ``OffsetSource`` port. End offsets are read with
+``read_committed`` isolation (the last stable offset), so open or aborted
+transactions do not count as lag. ``create_topics`` is idempotent and returns
+only once every partition has a leader, so a write right after it succeeds.
+
+Failure modes: every Kafka error is translated into ``AdminError`` naming the
+topic or group; a request that gets no answer in ``timeout`` seconds raises
+``AdminError`` too.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import TypeVar
+
+from confluent_kafka import (
+    ConsumerGroupTopicPartitions,
+    IsolationLevel,
+    KafkaError,
+    KafkaException,
+)
+from confluent_kafka import TopicPartition as KafkaTopicPartition
+from confluent_kafka.admin import AdminClient
+
+# Re-exported by confluent_kafka.admin at run time, but not in its type stubs.
+from confluent_kafka.admin._listoffsets import ListOffsetsResultInfo, OffsetSpec
+from confluent_kafka.admin._metadata import ClusterMetadata
+from confluent_kafka.cimpl import NewTopic
+
+from connectors.kafka.settings import KafkaSettings
+from toolkit.errors import AdminError
+from toolkit.positions import TopicPartition
+
+__all__ = ["KafkaAdmin"]
+
+_T = TypeVar("_T")
+_LATEST = OffsetSpec.latest()  # type: ignore[no-untyped-call]
+
+# Answers that only mean "metadata is still settling" (a new topic's leader,
+# a group coordinator loading); librdkafka does not flag all as retriable.
+_TRANSIENT = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.NOT_COORDINATOR,
+    }
+)
+
+
+class KafkaAdmin:
+    """Topic management and offset queries."""
+
+    def __init__(self, settings: KafkaSettings, *, timeout: float = 30.0) -> None:
+        self._admin = AdminClient(settings.client_config())  # type: ignore[arg-type]
+        self._timeout = timeout
+
+    def create_topics(
+        self,
+        names: Iterable[str],
+        *,
+        partitions: int = 3,
+        replication_factor: int = 1,
+        config: Mapping[str, str] | None = None,
+    ) -> None:
+        """Create topics that do not exist yet and wait until they are usable."""
+        wanted = list(dict.fromkeys(names))
+        if not wanted:
+            return
+        futures = self._admin.create_topics(
+            [
+                NewTopic(n, partitions, replication_factor, config=dict(config or {}))
+                for n in wanted
+            ],
+            request_timeout=self._timeout,
+        )
+        for name, future in futures.items():
+            try:
+                self._result(future, topic=name)
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise AdminError(
+                        f"cannot create topic: {exc.args[0].str()}", topic=name
+                    ) from exc
+        self._wait_for_leaders(wanted)
+
+    def _result(self, future: Future[object], **context: str) -> object:
+        """A request's answer; raises AdminError when Kafka does not answer in time."""
+        try:
+            return future.result(timeout=self._timeout)
+        except FutureTimeout:
+            raise AdminError(
+                "Kafka did not answer the admin request in time", timeout_s=self._timeout, **context
+            ) from None
+
+    def _wait_for_leaders(self, topics: list[str]) -> None:
+        deadline = time.monotonic() + self._timeout
+        delay = 0.01
+        while True:
+            metadata = self._metadata()
+            ready = all(
+                t in metadata.topics
+                and metadata.topics[t].error is None
+                and metadata.topics[t].partitions
+                and all(p.leader >= 0 for p in metadata.topics[t].partitions.values())
+                for t in topics
+            )
+            if ready:
+                return
+            if time.monotonic() > deadline:
+                raise AdminError("topics have no leader yet", topics=",".join(topics))
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    def delete_topics(self, names: Iterable[str]) -> None:
+        futures = self._admin.delete_topics(list(names), request_timeout=self._timeout)
+        for name, future in futures.items():
+            try:
+                self._result(future, topic=name)
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                    raise AdminError(
+                        f"cannot delete topic: {exc.args[0].str()}", topic=name
+                    ) from exc
+
+    def _metadata(self, topic: str | None = None) -> ClusterMetadata:
+        try:
+            return self._admin.list_topics(topic=topic, timeout=self._timeout)
+        except KafkaException as exc:
+            raise AdminError(f"metadata request failed: {exc.args[0].str()}") from exc
+
+    def topics(self) -> set[str]:
+        metadata = self._metadata()
+        return {name for name in metadata.topics if not name.startswith("__")}
+
+    def partitions(self, topics: Iterable[str]) -> list[TopicPartition]:
+        """Every partition of the topics; raises AdminError for a topic that does not exist."""
+        metadata = self._metadata()
+        found: list[TopicPartition] = []
+        for topic in topics:
+            described = metadata.topics.get(topic)
+            if described is None or described.error is not None:
+                raise AdminError("topic does not exist", topic=topic)
+            found.extend(TopicPartition(topic, p) for p in sorted(described.partitions))
+        return found
+
+    def _retrying(self, request: Callable[[], _T]) -> _T:
+        """Run a request again while Kafka answers with a retriable error
+        (e.g. a leader not yet known right after topic creation)."""
+        deadline = time.monotonic() + self._timeout
+        delay = 0.02
+        while True:
+            try:
+                return request()
+            except AdminError as exc:
+                cause = exc.__cause__
+                retriable = isinstance(cause, KafkaException) and (
+                    cause.args[0].retriable() or cause.args[0].code() in _TRANSIENT
+                )
+                if not retriable or time.monotonic() + delay > deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    def end_offsets(self, topics: Iterable[str]) -> dict[TopicPartition, int]:
+        wanted = list(topics)
+        return self._retrying(lambda: self._end_offsets(wanted))
+
+    def _end_offsets(self, topics: list[str]) -> dict[TopicPartition, int]:
+        tps = self.partitions(topics)
+        if not tps:
+            return {}
+        futures = self._admin.list_offsets(
+            {KafkaTopicPartition(tp.topic, tp.partition): _LATEST for tp in tps},
+            isolation_level=IsolationLevel.READ_COMMITTED,
+            request_timeout=self._timeout,
+        )
+        offsets: dict[TopicPartition, int] = {}
+        for ktp, future in futures.items():
+            try:
+                result = self._result(future, topic=ktp.topic)
+                assert isinstance(result, ListOffsetsResultInfo)
+                offsets[TopicPartition(ktp.topic, ktp.partition)] = result.offset
+            except KafkaException as exc:
+                raise AdminError(
+                    f"cannot read end offset: {exc.args[0].str()}",
+                    topic=ktp.topic,
+                    partition=ktp.partition,
+                ) from exc
+        return offsets
+
+    def committed_offsets(self, group: str, topics: Iterable[str]) -> dict[TopicPartition, int]:
+        wanted = list(topics)
+        return self._retrying(lambda: self._committed_offsets(group, wanted))
+
+    def _committed_offsets(self, group: str, topics: list[str]) -> dict[TopicPartition, int]:
+        tps = self.partitions(topics)
+        request = ConsumerGroupTopicPartitions(
+            group, [KafkaTopicPartition(tp.topic, tp.partition) for tp in tps]
+        )
+        futures = self._admin.list_consumer_group_offsets([request], request_timeout=self._timeout)
+        try:
+            result = self._result(futures[group], group=group)
+            assert isinstance(result, ConsumerGroupTopicPartitions)
+        except KafkaException as exc:
+            raise AdminError(
+                f"cannot read committed offsets: {exc.args[0].str()}", group=group
+            ) from exc
+        return {
+            TopicPartition(p.topic, p.partition): p.offset
+            for p in result.topic_partitions or []
+            if p.offset >= 0 and p.error is None
+        }

@@ -1,0 +1,160 @@
+"""Reading Kafka as a consumer group, implementing the ``RecordConsumer`` port.
+
+``KafkaRecordConsumer`` never auto-commits: the caller commits next-to-read
+offsets after it has processed records, synchronously, so a commit that
+returned is durable in the group. It reads with ``isolation.level =
+read_committed`` (pinned), so records of aborted transactions are never
+seen; a committed offset past a transaction's last record still covers it.
+A new group starts from the earliest offset, so nothing written before the
+projection first started is skipped.
+
+Failure modes: fatal client errors and failed commits raise ``ConsumeError``
+with the group and partition; transient errors (broker briefly unreachable, a
+topic not created yet) are retried by librdkafka and reported to the
+``on_error`` callback, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message
+from confluent_kafka import TopicPartition as KafkaTopicPartition
+
+from connectors.kafka.settings import KafkaSettings
+from toolkit.errors import ConsumeError
+from toolkit.ports import ConsumedRecord
+from toolkit.positions import TopicPartition
+
+__all__ = ["KafkaRecordConsumer"]
+
+log = logging.getLogger(__name__)
+
+PartitionsCallback = Callable[[list[TopicPartition]], None]
+
+
+class KafkaRecordConsumer:
+    """A consumer-group member with manual, synchronous commits."""
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        group_id: str,
+        *,
+        on_assign: PartitionsCallback | None = None,
+        on_revoke: PartitionsCallback | None = None,
+        on_error: Callable[[str], None] | None = None,
+        session_timeout_ms: int = 10_000,
+    ) -> None:
+        config = settings.client_config(
+            **{
+                "auto.offset.reset": "earliest",
+                "session.timeout.ms": session_timeout_ms,
+                "fetch.wait.max.ms": 50,
+            }
+        )
+        config.update(
+            {
+                "group.id": group_id,
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "isolation.level": "read_committed",
+                "error_cb": self._client_error,
+            }
+        )
+        self.group_id = group_id
+        self._on_assign = on_assign
+        self._on_revoke = on_revoke
+        self._on_error = on_error
+        try:
+            self._consumer = Consumer(config)
+        except KafkaException as exc:
+            raise ConsumeError(
+                f"invalid consumer configuration: {exc.args[0]}", group=group_id
+            ) from exc
+
+    def _client_error(self, error: KafkaError) -> None:
+        log.warning("kafka consumer %s: %s", self.group_id, error.str())
+        if self._on_error is not None:
+            self._on_error(error.str())
+
+    def subscribe(self, topics: Sequence[str]) -> None:
+        self._consumer.subscribe(list(topics), on_assign=self._assigned, on_revoke=self._revoked)
+
+    def _assigned(self, _consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
+        if self._on_assign is not None:
+            self._on_assign([TopicPartition(p.topic, p.partition) for p in partitions])
+
+    def _revoked(self, _consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
+        if self._on_revoke is not None:
+            self._on_revoke([TopicPartition(p.topic, p.partition) for p in partitions])
+
+    def poll(self, max_records: int, timeout: float) -> list[ConsumedRecord]:
+        try:
+            messages = self._consumer.consume(num_messages=max_records, timeout=timeout)
+        except KafkaException as exc:
+            raise ConsumeError(f"poll failed: {exc.args[0]}", group=self.group_id) from exc
+        records: list[ConsumedRecord] = []
+        for message in messages:
+            error = message.error()
+            if error is None:
+                records.append(_to_record(message))
+            elif error.fatal():
+                raise ConsumeError(f"fatal consumer error: {error.str()}", group=self.group_id)
+            elif error.code() != KafkaError._PARTITION_EOF:
+                self._client_error(error)
+        return records
+
+    def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        if not offsets:
+            return
+        wanted = [KafkaTopicPartition(tp.topic, tp.partition, o) for tp, o in offsets.items()]
+        try:
+            result = self._consumer.commit(offsets=wanted, asynchronous=False)
+        except KafkaException as exc:
+            raise ConsumeError(f"commit failed: {exc.args[0].str()}", group=self.group_id) from exc
+        for tp in result or []:
+            if tp.error is not None:
+                raise ConsumeError(
+                    f"commit failed: {tp.error.str()}",
+                    group=self.group_id,
+                    partition=f"{tp.topic}[{tp.partition}]",
+                )
+
+    def rewind(self, offsets: Mapping[TopicPartition, int]) -> None:
+        for tp, offset in offsets.items():
+            try:
+                self._consumer.seek(KafkaTopicPartition(tp.topic, tp.partition, offset))
+            except KafkaException as exc:
+                raise ConsumeError(
+                    f"seek failed: {exc.args[0].str()}", group=self.group_id, partition=str(tp)
+                ) from exc
+
+    def assignment(self) -> list[TopicPartition]:
+        return [TopicPartition(p.topic, p.partition) for p in self._consumer.assignment()]
+
+    def close(self) -> None:
+        """Leave the group (no commit: uncommitted records are read again by the next owner)."""
+        self._consumer.close()
+
+
+def _to_record(message: Message) -> ConsumedRecord:
+    raw_headers = message.headers() or []
+    pairs = raw_headers.items() if isinstance(raw_headers, dict) else raw_headers
+    headers = tuple(
+        (k, v.encode() if isinstance(v, str) else (v if v is not None else b"")) for k, v in pairs
+    )
+    _kind, timestamp = message.timestamp()
+    topic, partition, offset = message.topic(), message.partition(), message.offset()
+    if topic is None or partition is None or offset is None:
+        raise ConsumeError("message without coordinates")
+    return ConsumedRecord(
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        key=message.key(),
+        value=message.value(),
+        headers=headers,
+        timestamp_ms=timestamp if timestamp > 0 else None,
+    )

@@ -1,0 +1,53 @@
+"""Connection settings for Kafka clients.
+
+Typed and frozen; environment variables are read only by :meth:`from_env`, at
+the edge. Raw librdkafka options pass through ``extra`` unchanged (they win
+over the toolkit's defaults, except the ones a guarantee depends on, which
+each client pins and documents).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["DEFAULT_BOOTSTRAP", "KafkaSettings"]
+
+# The local stack's broker (`kct stack up`).
+DEFAULT_BOOTSTRAP = "127.0.0.1:19092"
+
+_LIBRDKAFKA_LOG = logging.getLogger("kct.kafka")
+
+
+class KafkaSettings(BaseModel):
+    """Where Kafka is and how to talk to it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    bootstrap_servers: str = DEFAULT_BOOTSTRAP
+    client_id: str = "kct"
+    extra: Mapping[str, str | int | float | bool] = Field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> KafkaSettings:
+        """Settings from ``KCT_KAFKA_BOOTSTRAP`` (default: the local stack)."""
+        env = os.environ if environ is None else environ
+        return cls(bootstrap_servers=env.get("KCT_KAFKA_BOOTSTRAP", DEFAULT_BOOTSTRAP))
+
+    def client_config(self, **defaults: object) -> dict[str, object]:
+        """librdkafka configuration: connection, then ``defaults``, then ``extra``.
+
+        librdkafka's own log lines go to the ``kct.kafka`` Python logger
+        instead of stderr, so applications decide what to show.
+        """
+        config: dict[str, object] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "client.id": self.client_id,
+            "logger": _LIBRDKAFKA_LOG,
+        }
+        config.update(defaults)
+        config.update(self.extra)
+        return config

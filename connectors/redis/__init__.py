@@ -1,0 +1,3 @@
+"""Redis adapters: read-model store, dedup keys, position pub/sub."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""ZooKeeper adapters: distributed lock with a fencing token."""
+
+__all__: list[str] = []

@@ -1,0 +1,373 @@
+"""``kct stack``: a real Kafka, ZooKeeper, Redis and Jaeger on loopback, without Docker.
+
+:class:`LocalStack` provisions (Maven, ``go build``, ``apt-get`` when missing),
+configures, starts, checks and stops the four servers of one stack. A stack is
+one state directory (``~/.local/state/kct``, ``$KCT_STATE_DIR``) holding data,
+logs, pid records, rendered configs and ``stack.json``; a port offset shifts
+every port so a second stack can run beside the first.
+
+Guarantees:
+
+* ``up`` is idempotent: a server recorded in the state directory that is alive
+  and answers is left alone (same pid); the others are started and ``up``
+  returns only once each one really answers a client request (Kafka metadata,
+  a ZooKeeper session, Redis PING, Jaeger ``/api/services``).
+* ``up`` and ``down`` of one state directory are serialised by a file lock;
+  ``status`` takes no lock and never blocks.
+* ``down`` signals only processes whose command line and start time still match
+  what ``up`` recorded: a reused pid is never killed. Data survives ``down``
+  unless ``purge=True``.
+
+Failure modes (all :class:`~toolkit.errors.StackError` with ``service``,
+``port`` and ``log`` context): a port held by another process (checked before
+anything starts), a missing tool, a failed download or build, a server that
+exits or does not answer within the readiness timeout (the message carries the
+tail of its log). A failed ``up`` leaves the servers that did start running;
+the next ``up`` keeps them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from toolkit.errors import StackError
+from toolkit.runtime import stack_process as proc
+from toolkit.runtime.stack_provision import default_cache_dir
+from toolkit.runtime.stack_services import (
+    SERVICE_TYPES,
+    Service,
+    StackLayout,
+    StackPorts,
+)
+
+__all__ = ["LocalStack", "ServiceStatus", "StackEndpoints", "StackStatus", "default_state_dir"]
+
+log = logging.getLogger(__name__)
+
+READY_TIMEOUT = 120.0
+_PROBE_TIMEOUT = 2.0
+
+
+def default_state_dir() -> Path:
+    env = os.environ.get("KCT_STATE_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".local" / "state" / "kct"
+
+
+@dataclass(frozen=True)
+class StackEndpoints:
+    """How clients reach the stack (valid whether or not it runs)."""
+
+    kafka_bootstrap: str
+    zookeeper_hosts: str
+    redis_url: str
+    otlp_grpc: str
+    otlp_http: str
+    jaeger_query_url: str
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    """One server: where it listens, whether our process runs and answers."""
+
+    name: str
+    endpoint: str
+    pid: int | None
+    running: bool
+    healthy: bool
+    extra: dict[str, str] = field(default_factory=dict)
+    # What the last operation did: "started", "already running", "stopped", ...
+    detail: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "endpoint": self.endpoint,
+            **self.extra,
+            "pid": self.pid,
+            "running": self.running,
+            "healthy": self.healthy,
+        }
+
+
+@dataclass(frozen=True)
+class StackStatus:
+    """Every server of one stack."""
+
+    state_dir: Path
+    port_offset: int
+    services: dict[str, ServiceStatus]
+
+    @property
+    def all_healthy(self) -> bool:
+        return all(s.healthy for s in self.services.values())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "state_dir": str(self.state_dir),
+            "port_offset": self.port_offset,
+            "services": {name: s.to_json() for name, s in self.services.items()},
+        }
+
+
+class LocalStack:
+    """One local stack: a state directory, a port offset and a download cache."""
+
+    def __init__(
+        self,
+        state_dir: Path | None = None,
+        port_offset: int = 0,
+        cache_dir: Path | None = None,
+        *,
+        ready_timeout: float = READY_TIMEOUT,
+    ) -> None:
+        self.state_dir = (state_dir or default_state_dir()).expanduser().absolute()
+        self.port_offset = port_offset
+        self.ports = StackPorts.with_offset(port_offset)
+        self.layout = StackLayout(
+            root=self.state_dir,
+            cache_dir=(cache_dir or default_cache_dir()).expanduser().absolute(),
+        )
+        self.ready_timeout = ready_timeout
+        self._services: dict[str, Service] = {
+            t.name: t(self.layout, self.ports) for t in SERVICE_TYPES
+        }
+
+    # -- queries -------------------------------------------------------------
+
+    def endpoints(self) -> StackEndpoints:
+        p = self.ports
+        return StackEndpoints(
+            kafka_bootstrap=f"127.0.0.1:{p.kafka}",
+            zookeeper_hosts=f"127.0.0.1:{p.zookeeper}",
+            redis_url=f"redis://127.0.0.1:{p.redis}/0",
+            otlp_grpc=f"127.0.0.1:{p.otlp_grpc}",
+            otlp_http=f"http://127.0.0.1:{p.otlp_http}",
+            jaeger_query_url=f"http://127.0.0.1:{p.jaeger_query}",
+        )
+
+    @staticmethod
+    def recorded_port_offset(state_dir: Path | None = None) -> int | None:
+        """The port offset recorded by the last ``up`` in ``state_dir``, if any."""
+        path = (state_dir or default_state_dir()).expanduser() / "stack.json"
+        try:
+            return int(json.loads(path.read_text(encoding="utf-8"))["port_offset"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def status(self) -> StackStatus:
+        """Probe every server (in parallel); never starts or stops anything."""
+        with ThreadPoolExecutor(max_workers=len(self._services)) as pool:
+            results = list(pool.map(self._service_status, self._services.values()))
+        return self._stack_status(results)
+
+    # -- up ------------------------------------------------------------------
+
+    def up(self) -> StackStatus:
+        """Provision and start every server that is not already running; wait until all answer."""
+        with self._locked():
+            self._check_offset_matches()
+            self._record()  # ports and endpoints are known before anything starts
+            running = {
+                name: rec
+                for name, svc in self._services.items()
+                if (rec := self._live_record(svc)) is not None
+            }
+            to_start = [s for n, s in self._services.items() if n not in running]
+            self._check_ports_free(to_start)
+            # In parallel: Kafka (JVM, storage format) is the slowest; the others
+            # are ready while it starts.
+            with ThreadPoolExecutor(max_workers=len(self._services)) as pool:
+                futures = {
+                    name: pool.submit(self._ensure_running, svc, running.get(name))
+                    for name, svc in self._services.items()
+                }
+                errors: list[StackError] = []
+                results: list[ServiceStatus] = []
+                for name, fut in futures.items():
+                    try:
+                        results.append(fut.result())
+                    except StackError as exc:
+                        errors.append(exc)
+                    except (OSError, ValueError) as exc:
+                        errors.append(StackError(f"{name}: {exc}", service=name))
+            self._record()
+        if errors:
+            raise _combine(errors)
+        return self._stack_status(results)
+
+    def _ensure_running(self, svc: Service, record: proc.PidRecord | None) -> ServiceStatus:
+        if record is not None:
+            log.info("%s: already running (pid %d)", svc.name, record.pid)
+            # Ours, but possibly still starting (an interrupted `up`): wait for it too.
+            self._wait_ready(svc, record)
+            return replace(self._service_status(svc), detail="already running")
+        started = time.monotonic()
+        try:
+            svc.provision()
+            svc.prepare()
+        except StackError as exc:
+            if "service" in exc.context:
+                raise
+            context = {**exc.context, "service": svc.name}
+            raise StackError(f"{svc.name}: {exc.message}", **context) from exc
+        self._check_ports_free([svc])  # a slow download gave others time to grab one
+        record = proc.spawn(svc.argv(), svc.out_log, cwd=self.state_dir, env=svc.env())
+        proc.write_json_atomic(self.layout.pid_file(svc.name), record.to_json())
+        log.info("%s: starting (pid %d)", svc.name, record.pid)
+        self._wait_ready(svc, record)
+        log.info("%s: ready in %.1f s", svc.name, time.monotonic() - started)
+        return replace(self._service_status(svc), detail="started")
+
+    def _wait_ready(self, svc: Service, record: proc.PidRecord) -> None:
+        deadline = time.monotonic() + self.ready_timeout
+        delay = 0.1
+        while True:
+            if not proc.is_ours(record):
+                raise StackError(
+                    f"{svc.name} exited during startup\n{svc.log_excerpt()}",
+                    service=svc.name,
+                    port=svc.bound_ports(),
+                    log=str(svc.server_log),
+                )
+            if svc.probe(_PROBE_TIMEOUT):
+                return
+            if time.monotonic() >= deadline:
+                raise StackError(
+                    f"{svc.name} did not answer within {self.ready_timeout:.0f} s "
+                    f"(pid {record.pid} still running)\n{svc.log_excerpt()}",
+                    service=svc.name,
+                    port=svc.bound_ports(),
+                    log=str(svc.server_log),
+                )
+            time.sleep(delay)
+            delay = min(delay * 1.5, 1.0)
+
+    def _check_ports_free(self, services: list[Service]) -> None:
+        for svc in services:
+            for label, port in svc.bound_ports().items():
+                if proc.port_in_use(port):
+                    what = svc.name if label == svc.name else f"{svc.name} ({label})"
+                    raise StackError(
+                        f"{what} port {port} on 127.0.0.1 is already in use by another "
+                        f"process; stop it or use --port-offset",
+                        service=svc.name,
+                        port=port,
+                    )
+
+    def _check_offset_matches(self) -> None:
+        recorded = self.recorded_port_offset(self.state_dir)
+        if recorded is None or recorded == self.port_offset:
+            return
+        if any(self._live_record(s) for s in self._services.values()):
+            raise StackError(
+                f"the stack in {self.state_dir} runs with port offset {recorded}, not "
+                f"{self.port_offset}; run `kct stack down` first or use another --state-dir",
+                port_offset=recorded,
+            )
+
+    # -- down ----------------------------------------------------------------
+
+    def down(self, purge: bool = False) -> None:
+        """Stop the servers this state directory started; with ``purge``, delete their data."""
+        with self._locked():
+            by_grace: dict[float, list[proc.PidRecord]] = {}
+            for svc in self._services.values():
+                record = proc.read_pid_record(self.layout.pid_file(svc.name))
+                if record is not None:
+                    by_grace.setdefault(svc.stop_grace, []).append(record)
+            with ThreadPoolExecutor(max_workers=max(1, len(by_grace))) as pool:
+                stopped = [
+                    r
+                    for batch in pool.map(
+                        lambda item: proc.terminate(item[1], item[0]), by_grace.items()
+                    )
+                    for r in batch
+                ]
+            for record in stopped:
+                log.info("stopped pid %d (%s)", record.pid, Path(record.argv[0]).name)
+            for svc in self._services.values():
+                self.layout.pid_file(svc.name).unlink(missing_ok=True)
+            if purge:
+                for path in (self.layout.data, self.layout.logs, self.layout.conf):
+                    shutil.rmtree(path, ignore_errors=True)
+                log.info("purged data, logs and configs in %s", self.state_dir)
+            self._record()
+
+    # -- internals -----------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        with self.layout.lock_file.open("a") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info("waiting for another `kct stack` command on %s", self.state_dir)
+                fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _live_record(self, svc: Service) -> proc.PidRecord | None:
+        record = proc.read_pid_record(self.layout.pid_file(svc.name))
+        if record is None or not proc.is_ours(record):
+            return None
+        return record
+
+    def _service_status(self, svc: Service) -> ServiceStatus:
+        record = self._live_record(svc)
+        running = record is not None
+        return ServiceStatus(
+            name=svc.name,
+            endpoint=svc.endpoint(),
+            pid=record.pid if record else None,
+            running=running,
+            healthy=running and svc.probe(_PROBE_TIMEOUT),
+            extra=svc.extra_endpoints(),
+        )
+
+    def _stack_status(self, results: list[ServiceStatus]) -> StackStatus:
+        by_name = {s.name: s for s in results}
+        ordered = {name: by_name[name] for name in self._services if name in by_name}
+        return StackStatus(self.state_dir, self.port_offset, ordered)
+
+    def _record(self) -> None:
+        services: dict[str, Any] = {}
+        for name, svc in self._services.items():
+            record = self._live_record(svc)
+            services[name] = {
+                "endpoint": svc.endpoint(),
+                **svc.extra_endpoints(),
+                "pid": record.pid if record else None,
+                "ports": svc.bound_ports(),
+                "log": str(svc.server_log),
+            }
+        proc.write_json_atomic(
+            self.layout.stack_file,
+            {
+                "port_offset": self.port_offset,
+                "ports": self.ports.as_dict(),
+                "endpoints": self.endpoints().__dict__,
+                "services": services,
+                "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            },
+        )
+
+
+def _combine(errors: list[StackError]) -> StackError:
+    if len(errors) == 1:
+        return errors[0]
+    message = "\n\n".join(str(e) for e in errors)
+    services = [e.context.get("service") for e in errors]
+    return StackError(f"{len(errors)} servers failed:\n{message}", services=services)

@@ -5,7 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from toolkit.errors import PublishError
-from toolkit.ports import ConsumedRecord, OutgoingRecord
+from toolkit.ports import (
+    FROM_BEGINNING,
+    AssignCallback,
+    ConsumedRecord,
+    OutgoingRecord,
+    RevokeCallback,
+)
 from toolkit.positions import Position, TopicPartition
 
 
@@ -45,8 +51,17 @@ class InMemoryConsumer:
         committed = log.committed.setdefault(group, {})
         self.position: dict[TopicPartition, int] = dict(committed)
 
-    def subscribe(self, topics: Sequence[str]) -> None:
+    def subscribe(
+        self,
+        topics: Sequence[str],
+        on_assign: AssignCallback | None = None,
+        on_revoke: RevokeCallback | None = None,
+    ) -> None:
         self.topics = list(topics)
+        partitions = [TopicPartition(t, 0) for t in self.topics]
+        starts = on_assign(partitions) if on_assign else None
+        for tp, start in (starts or {}).items():
+            self.position[tp] = 0 if start == FROM_BEGINNING else start
 
     def poll(self, max_records: int, timeout: float) -> list[ConsumedRecord]:
         out: list[ConsumedRecord] = []

@@ -125,10 +125,11 @@ class Envelope:
 
 @dataclass(frozen=True, slots=True)
 class ConsumedEvent:
-    """A decoded event and where it was read from."""
+    """A decoded event, where it was read from, and the record it came in."""
 
     envelope: Envelope
     position: Position
+    record: ConsumedRecord | None = field(default=None, compare=False, repr=False)
 
 
 def encode_envelope(
@@ -174,7 +175,7 @@ def decode_record(record: ConsumedRecord, codec: EventCodec) -> ConsumedEvent:
         traceparent=text.get(HeaderName.TRACEPARENT),
         tracestate=text.get(HeaderName.TRACESTATE),
     )
-    return ConsumedEvent(envelope, record.position)
+    return ConsumedEvent(envelope, record.position, record)
 
 
 def _header_strings(record: ConsumedRecord) -> dict[str, str]:

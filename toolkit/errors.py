@@ -61,6 +61,22 @@ class UnknownSchema(SerializationError):
     """The schema named by a record is not known to this process."""
 
 
+class ConsistencyError(ToolkitError):
+    """A consistency guarantee could not be given."""
+
+
+class ConsistencyTimeout(ConsistencyError, TimeoutError):
+    """Projections did not apply the awaited writes in time.
+
+    ``behind`` maps each lagging projection to ``{"topic[partition]": offsets
+    still to apply}``.
+    """
+
+
+class ProjectionError(ToolkitError):
+    """A projection runner cannot continue (its store or consumer keeps failing)."""
+
+
 class StackError(ToolkitError):
     """The local stack (``kct stack``) could not be provisioned, started or stopped."""
 
@@ -69,8 +85,11 @@ __all__ = [
     "AdminError",
     "ConfigurationError",
     "ConnectorError",
+    "ConsistencyError",
+    "ConsistencyTimeout",
     "ConsumeError",
     "InvalidToken",
+    "ProjectionError",
     "PublishError",
     "SerializationError",
     "StackError",

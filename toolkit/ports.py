@@ -11,21 +11,30 @@ is written, :class:`ConsumedRecord` after it is read (with its coordinates).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 from toolkit.positions import Position, TopicPartition
 
 __all__ = [
+    "FROM_BEGINNING",
+    "AssignCallback",
+    "CheckpointedReadModelStore",
     "ConsumedRecord",
     "EncodedPayload",
     "EventCodec",
+    "EventPositionIndex",
     "Headers",
     "OffsetSource",
     "OutgoingRecord",
+    "PositionListener",
+    "PositionNotifier",
+    "ReadModelChange",
+    "ReadModelStore",
     "RecordConsumer",
     "RecordProducer",
+    "RevokeCallback",
 ]
 
 Headers = tuple[tuple[str, bytes], ...]
@@ -106,10 +115,30 @@ class RecordProducer(Protocol):
     def close(self) -> None: ...
 
 
+# A start offset an assignment callback may return: read the partition from its start.
+FROM_BEGINNING = -2
+
+AssignCallback = Callable[[list[TopicPartition]], Mapping[TopicPartition, int] | None]
+RevokeCallback = Callable[[list[TopicPartition]], None]
+
+
 class RecordConsumer(Protocol):
     """Reads records of subscribed topics as a member of a consumer group."""
 
-    def subscribe(self, topics: Sequence[str]) -> None: ...
+    def subscribe(
+        self,
+        topics: Sequence[str],
+        on_assign: AssignCallback | None = None,
+        on_revoke: RevokeCallback | None = None,
+    ) -> None:
+        """Join the group for ``topics``.
+
+        ``on_assign`` runs when partitions are assigned, before any of their
+        records is returned; the offsets it returns (or ``FROM_BEGINNING``)
+        are where reading starts, otherwise the group's committed offsets.
+        ``on_revoke`` runs before partitions are taken away (or lost).
+        """
+        ...
 
     def poll(self, max_records: int, timeout: float) -> list[ConsumedRecord]:
         """Up to ``max_records`` records, waiting at most ``timeout`` seconds."""
@@ -136,3 +165,98 @@ class OffsetSource(Protocol):
     def end_offsets(self, topics: Iterable[str]) -> dict[TopicPartition, int]:
         """The offset the next committed record of each partition will get."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class ReadModelChange:
+    """One write to a read model, applied atomically with its batch's offsets.
+
+    ``put`` stores a JSON document under ``key``; ``delete`` removes it;
+    ``increment`` adds ``amount`` to counter ``field`` of ``key`` (commutative,
+    so safe for keys that several partitions update).
+    """
+
+    kind: Literal["put", "delete", "increment"]
+    key: str
+    document: Mapping[str, Any] | None = None
+    field: str | None = None
+    amount: int = 0
+
+
+class ReadModelStore(Protocol):
+    """Reads a projection's read model."""
+
+    def get(self, projection: str, key: str) -> dict[str, Any] | None:
+        """The document stored under ``key``, or None."""
+        ...
+
+    def counters(self, projection: str, key: str) -> dict[str, int]:
+        """The counters of ``key`` (empty when none)."""
+        ...
+
+
+class CheckpointedReadModelStore(ReadModelStore, Protocol):
+    """A read-model store that keeps, with the data, the offsets it has applied."""
+
+    def applied_offsets(
+        self, projection: str, partitions: Iterable[TopicPartition]
+    ) -> dict[TopicPartition, int]:
+        """Next offset to apply per partition; partitions never applied are absent."""
+        ...
+
+    def apply(
+        self,
+        projection: str,
+        changes: Sequence[ReadModelChange],
+        expected: Mapping[TopicPartition, int | None],
+        offsets: Mapping[TopicPartition, int],
+    ) -> bool:
+        """Write ``changes`` and set ``offsets`` in one atomic step.
+
+        Only if the stored offsets still equal ``expected`` (None = none
+        stored): otherwise nothing is written and False is returned, because
+        another runner has taken the partition over.
+        """
+        ...
+
+    def keys(self, projection: str) -> list[str]:
+        """Every document and counter key of the projection (for audits and tests)."""
+        ...
+
+    def reset(self, projection: str) -> None:
+        """Delete the projection's data and offsets (for a rebuild)."""
+        ...
+
+
+class PositionNotifier(Protocol):
+    """Announces projections' new committed offsets so waiters wake at once."""
+
+    def publish(self, projection: str, offsets: Mapping[TopicPartition, int]) -> None: ...
+
+
+class PositionListener(Protocol):
+    """Receives the announcements of :class:`PositionNotifier`, for waiters."""
+
+    def latest(self, projection: str) -> dict[TopicPartition, int]:
+        """The highest offsets announced for ``projection`` since listening began."""
+        ...
+
+    def wait_for_update(self, after_version: int, timeout: float) -> int:
+        """Block until an announcement newer than ``after_version`` arrives, or timeout.
+
+        Returns the current version (equal to ``after_version`` on timeout).
+        """
+        ...
+
+    @property
+    def version(self) -> int:
+        """Incremented by each announcement received."""
+        ...
+
+
+class EventPositionIndex(Protocol):
+    """Maps event ids to where the events were written (kept for a bounded time)."""
+
+    def record(self, entries: Sequence[tuple[str, Position]]) -> None: ...
+
+    def lookup(self, event_id: str) -> Position | None: ...

@@ -18,13 +18,13 @@ consumer is rewound to the batch's first offsets, so the batch is read again
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from toolkit.dead_letter import DeadLetterQueue
 from toolkit.envelope import ConsumedEvent, decode_record
 from toolkit.errors import SerializationError, UnknownSchema
 from toolkit.hlc import HybridLogicalClock
-from toolkit.ports import ConsumedRecord, EventCodec, RecordConsumer
+from toolkit.ports import AssignCallback, ConsumedRecord, EventCodec, RecordConsumer, RevokeCallback
 from toolkit.positions import TopicPartition
 
 __all__ = ["EventReader"]
@@ -46,8 +46,13 @@ class EventReader:
         self._clock = clock
         self._pending: dict[TopicPartition, int] = {}
 
-    def subscribe(self, topics: Sequence[str]) -> None:
-        self._consumer.subscribe(topics)
+    def subscribe(
+        self,
+        topics: Sequence[str],
+        on_assign: AssignCallback | None = None,
+        on_revoke: RevokeCallback | None = None,
+    ) -> None:
+        self._consumer.subscribe(topics, on_assign, on_revoke)
 
     def poll(self, max_events: int = 500, timeout: float = 1.0) -> list[ConsumedEvent]:
         """Good events of the next batch; poison records are dead-lettered, not returned."""
@@ -86,18 +91,32 @@ class EventReader:
         """How many records went to the dead-letter topic, by reason."""
         return dict(self._dead_letters.counts)
 
-    def commit(self) -> dict[TopicPartition, int]:
-        """Commit past everything :meth:`poll` returned so far; returns what was committed."""
-        if not self._pending:
+    @property
+    def pending_offsets(self) -> dict[TopicPartition, int]:
+        """Per partition, the offset after the last record polled and not yet committed
+        (dead-lettered records included)."""
+        return dict(self._pending)
+
+    def forget(self, partitions: Iterable[TopicPartition]) -> None:
+        """Drop pending offsets of partitions this member no longer owns."""
+        for tp in partitions:
+            self._pending.pop(tp, None)
+
+    def commit(
+        self, offsets: Mapping[TopicPartition, int] | None = None
+    ) -> dict[TopicPartition, int]:
+        """Commit ``offsets`` (default: past everything :meth:`poll` returned so far).
+
+        Returns what was committed; committed partitions leave the pending set.
+        """
+        chosen = dict(self._pending if offsets is None else offsets)
+        if not chosen:
             return {}
-        offsets, self._pending = self._pending, {}
-        try:
-            self._consumer.commit(offsets)
-        except BaseException:
-            for tp, offset in offsets.items():
-                self._pending[tp] = max(self._pending.get(tp, 0), offset)
-            raise
-        return offsets
+        self._consumer.commit(chosen)
+        for tp, offset in chosen.items():
+            if self._pending.get(tp, -1) <= offset:
+                self._pending.pop(tp, None)
+        return chosen
 
     def close(self) -> None:
         self._consumer.close()

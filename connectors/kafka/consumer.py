@@ -19,19 +19,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 
 from connectors.kafka.settings import KafkaSettings
 from toolkit.errors import ConsumeError
-from toolkit.ports import ConsumedRecord
+from toolkit.ports import FROM_BEGINNING, AssignCallback, ConsumedRecord, RevokeCallback
 from toolkit.positions import TopicPartition
 
 __all__ = ["KafkaRecordConsumer"]
 
 log = logging.getLogger(__name__)
-
-PartitionsCallback = Callable[[list[TopicPartition]], None]
 
 
 class KafkaRecordConsumer:
@@ -42,8 +40,6 @@ class KafkaRecordConsumer:
         settings: KafkaSettings,
         group_id: str,
         *,
-        on_assign: PartitionsCallback | None = None,
-        on_revoke: PartitionsCallback | None = None,
         on_error: Callable[[str], None] | None = None,
         session_timeout_ms: int = 10_000,
     ) -> None:
@@ -64,8 +60,8 @@ class KafkaRecordConsumer:
             }
         )
         self.group_id = group_id
-        self._on_assign = on_assign
-        self._on_revoke = on_revoke
+        self._on_assign: AssignCallback | None = None
+        self._on_revoke: RevokeCallback | None = None
         self._on_error = on_error
         try:
             self._consumer = Consumer(config)
@@ -79,12 +75,29 @@ class KafkaRecordConsumer:
         if self._on_error is not None:
             self._on_error(error.str())
 
-    def subscribe(self, topics: Sequence[str]) -> None:
-        self._consumer.subscribe(list(topics), on_assign=self._assigned, on_revoke=self._revoked)
+    def subscribe(
+        self,
+        topics: Sequence[str],
+        on_assign: AssignCallback | None = None,
+        on_revoke: RevokeCallback | None = None,
+    ) -> None:
+        self._on_assign, self._on_revoke = on_assign, on_revoke
+        self._consumer.subscribe(
+            list(topics), on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._revoked
+        )
 
-    def _assigned(self, _consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
-        if self._on_assign is not None:
-            self._on_assign([TopicPartition(p.topic, p.partition) for p in partitions])
+    def _assigned(self, consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
+        # Runs inside poll(): setting offsets here and assigning is how a
+        # subscriber chooses where reading starts (eager rebalance protocol).
+        if self._on_assign is None:
+            return
+        starts = self._on_assign([TopicPartition(p.topic, p.partition) for p in partitions])
+        if starts:
+            for p in partitions:
+                start = starts.get(TopicPartition(p.topic, p.partition))
+                if start is not None:
+                    p.offset = OFFSET_BEGINNING if start == FROM_BEGINNING else start
+            consumer.assign(partitions)
 
     def _revoked(self, _consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
         if self._on_revoke is not None:

@@ -105,7 +105,13 @@ class KafkaRecordConsumer:
 
     def poll(self, max_records: int, timeout: float) -> list[ConsumedRecord]:
         try:
-            messages = self._consumer.consume(num_messages=max_records, timeout=timeout)
+            # consume(n, timeout) waits until n records or the timeout: a
+            # trickle would cost the whole timeout per batch. Wait for the
+            # first record only, then drain what is already fetched.
+            first = self._consumer.poll(timeout)
+            messages = [] if first is None else [first]
+            if first is not None and max_records > 1:
+                messages.extend(self._consumer.consume(num_messages=max_records - 1, timeout=0))
         except KafkaException as exc:
             raise ConsumeError(f"poll failed: {exc.args[0]}", group=self.group_id) from exc
         records: list[ConsumedRecord] = []

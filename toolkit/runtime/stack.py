@@ -232,7 +232,7 @@ class LocalStack:
         deadline = time.monotonic() + self.ready_timeout
         delay = 0.1
         while True:
-            if not proc.is_ours(record):
+            if not proc.is_alive(record):
                 raise StackError(
                     f"{svc.name} exited during startup\n{svc.log_excerpt()}",
                     service=svc.name,

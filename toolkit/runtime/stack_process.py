@@ -109,6 +109,17 @@ def spawn(argv: Sequence[str], log_path: Path, cwd: Path, env: Mapping[str, str]
     return PidRecord(pid=proc.pid, argv=tuple(argv), start_time=start_time or 0)
 
 
+def is_alive(record: PidRecord) -> bool:
+    """True if the recorded process has not exited (same pid, same start time).
+
+    Used while a server starts: its command line is not compared, because a
+    freshly spawned process can briefly show an empty or partial one.
+    """
+    _reap(record.pid)
+    start_time = _proc_start_time(record.pid)
+    return start_time is not None and start_time == record.start_time
+
+
 def is_ours(record: PidRecord) -> bool:
     """True if the recorded process is alive and still the program we started."""
     _reap(record.pid)

@@ -53,6 +53,10 @@ class AdminError(ConnectorError):
     """A Kafka admin request (topics, offsets, groups) failed."""
 
 
+class StoreError(ConnectorError):
+    """A read-model, dedup or index store (Redis) failed or could not be reached."""
+
+
 class SerializationError(ToolkitError):
     """Bytes could not be encoded or decoded with the expected schema."""
 
@@ -93,6 +97,7 @@ __all__ = [
     "PublishError",
     "SerializationError",
     "StackError",
+    "StoreError",
     "ToolkitError",
     "UnknownSchema",
 ]

@@ -219,8 +219,9 @@ class CheckpointedReadModelStore(ReadModelStore, Protocol):
         """
         ...
 
-    def keys(self, projection: str) -> list[str]:
-        """Every document and counter key of the projection (for audits and tests)."""
+    def dump(self, projection: str) -> dict[str, Any]:
+        """The whole read model: ``d:<key>`` documents and ``c:<key>`` counters
+        (for integrity audits and tests)."""
         ...
 
     def reset(self, projection: str) -> None:

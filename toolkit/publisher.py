@@ -9,19 +9,25 @@ a :class:`~toolkit.positions.ConsistencyToken` for read-after-write.
 Failure modes: a payload that does not fit its schema raises
 ``SerializationError`` before anything is written; an unacknowledged write
 raises ``PublishError`` (the event may or may not be in the log: idempotence
-makes a retry of the same producer safe, a new event id does not).
+makes a retry of the same producer safe, a new event id does not). With an
+event-position index, each event's position is recorded by id after the
+write; an index failure is logged, not raised (the events are written).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 from toolkit.envelope import Envelope, encode_envelope
+from toolkit.errors import ConnectorError
 from toolkit.hlc import HybridLogicalClock
-from toolkit.ports import EventCodec, RecordProducer
+from toolkit.ports import EventCodec, EventPositionIndex, RecordProducer
 from toolkit.positions import ConsistencyToken, Position
 
 __all__ = ["EventPublisher", "PublishedEvent"]
+
+log = logging.getLogger(__name__)
 
 
 class PublishedEvent:
@@ -43,11 +49,16 @@ class EventPublisher:
     """Writes envelopes to Kafka topics through a :class:`RecordProducer`."""
 
     def __init__(
-        self, producer: RecordProducer, codec: EventCodec, clock: HybridLogicalClock
+        self,
+        producer: RecordProducer,
+        codec: EventCodec,
+        clock: HybridLogicalClock,
+        index: EventPositionIndex | None = None,
     ) -> None:
         self._producer = producer
         self._codec = codec
         self._clock = clock
+        self._index = index
 
     def publish(self, topic: str, event: Envelope) -> PublishedEvent:
         """Write one event and wait for its acknowledgement."""
@@ -61,7 +72,14 @@ class EventPublisher:
             stamped.append(envelope)
             records.append(record)
         positions = self._producer.produce(records)
-        return [PublishedEvent(e, p) for e, p in zip(stamped, positions, strict=True)]
+        published = [PublishedEvent(e, p) for e, p in zip(stamped, positions, strict=True)]
+        if self._index is not None:
+            try:
+                self._index.record([(p.envelope.event_id, p.position) for p in published])
+            except ConnectorError as exc:
+                # The events are written; only waiting by event id is affected.
+                log.warning("event-position index not updated: %s", exc)
+        return published
 
     @staticmethod
     def token_of(published: Sequence[PublishedEvent]) -> ConsistencyToken:

@@ -1,3 +1,17 @@
-"""Redis adapters: read-model store, dedup keys, position pub/sub."""
+"""Redis adapters: read-model store, position pub/sub, event-id index."""
 
-__all__: list[str] = []
+from connectors.redis.positions import (
+    RedisEventPositionIndex,
+    RedisPositionListener,
+    RedisPositionNotifier,
+)
+from connectors.redis.read_model import RedisReadModelStore
+from connectors.redis.settings import RedisSettings
+
+__all__ = [
+    "RedisEventPositionIndex",
+    "RedisPositionListener",
+    "RedisPositionNotifier",
+    "RedisReadModelStore",
+    "RedisSettings",
+]

@@ -19,7 +19,9 @@ import pytest
 
 from connectors.avro import AvroCodec, AvroSchemaRegistry, bundled_schema_dir
 from connectors.kafka import KafkaAdmin, KafkaRecordProducer, KafkaSettings
+from connectors.redis import RedisSettings
 from toolkit.dead_letter import dead_letter_topic
+from toolkit.runtime.app import Kct, KctSettings
 from toolkit.runtime.stack import LocalStack
 
 
@@ -106,3 +108,17 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     for log in sorted(log_dir.glob("*.log")) if log_dir.is_dir() else []:
         lines = log.read_text(errors="replace").splitlines()[-25:]
         report.sections.append((f"server log {log.name} (last 25 lines)", "\n".join(lines)))
+
+
+@pytest.fixture
+def kct(endpoints: Endpoints) -> Iterator[Kct]:
+    """The composition root wired to the real stack."""
+    app = Kct(
+        KctSettings(
+            kafka=KafkaSettings(bootstrap_servers=endpoints.kafka_bootstrap, client_id="kct-tests"),
+            redis=RedisSettings(url=endpoints.redis_url),
+            node_id=f"test-{uuid.uuid4().hex[:6]}",
+        )
+    )
+    yield app
+    app.close()

@@ -1,0 +1,189 @@
+"""Read models in Redis whose applied offsets are stored with the data.
+
+``RedisReadModelStore`` implements ``CheckpointedReadModelStore``. A batch's
+changes and its new offsets are written by one Lua script, which Redis runs
+atomically: either all of it is visible or none of it, also across a crash
+(the append-only file holds the script's effects as one unit). The script
+first checks that the stored offsets are the ones the runner expects; if
+another runner has written since, it writes nothing and answers False.
+
+Layout, all under one hash tag so a cluster keeps a projection in one slot:
+``kct:rm:{<projection>}:d:<key>`` documents (JSON strings),
+``kct:rm:{<projection>}:c:<key>`` counters (hashes),
+``kct:rm:{<projection>}:offsets`` next offset to apply per ``topic:partition``.
+
+Failure modes: any Redis error becomes ``StoreError`` naming the projection;
+the URL's credentials never appear in it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import redis
+
+from connectors.redis.settings import RedisSettings
+from toolkit.errors import StoreError
+from toolkit.ports import ReadModelChange
+from toolkit.positions import TopicPartition
+
+__all__ = ["RedisReadModelStore"]
+
+_APPLY = """
+local request = cjson.decode(ARGV[1])
+for field, expected in pairs(request.expected) do
+  local current = redis.call('HGET', KEYS[1], field)
+  local stored = -1
+  if current then stored = tonumber(current) end
+  if stored ~= expected then
+    return {0, field, current or ''}
+  end
+end
+for _, change in ipairs(request.changes) do
+  local key = KEYS[change[2]]
+  if change[1] == 'put' then
+    redis.call('SET', key, change[3])
+  elseif change[1] == 'delete' then
+    redis.call('DEL', key)
+  elseif change[1] == 'increment' then
+    redis.call('HINCRBY', key, change[3], change[4])
+  end
+end
+for field, offset in pairs(request.offsets) do
+  redis.call('HSET', KEYS[1], field, offset)
+end
+return {1}
+"""
+
+
+def _field(tp: TopicPartition) -> str:
+    return f"{tp.topic}:{tp.partition}"
+
+
+class RedisReadModelStore:
+    """Projection read models in Redis, checkpointed with their applied offsets."""
+
+    def __init__(self, settings: RedisSettings, client: redis.Redis | None = None) -> None:
+        self._settings = settings
+        self._redis = client or settings.client()
+        self._apply_script = self._redis.register_script(_APPLY)
+
+    @staticmethod
+    def _prefix(projection: str) -> str:
+        return f"kct:rm:{{{projection}}}:"
+
+    def _doc_key(self, projection: str, key: str) -> str:
+        return f"{self._prefix(projection)}d:{key}"
+
+    def _counter_key(self, projection: str, key: str) -> str:
+        return f"{self._prefix(projection)}c:{key}"
+
+    def _offsets_key(self, projection: str) -> str:
+        return f"{self._prefix(projection)}offsets"
+
+    def _fail(self, what: str, projection: str, exc: Exception) -> StoreError:
+        return StoreError(
+            f"Redis {what} failed: {type(exc).__name__}: {exc}",
+            projection=projection,
+            redis=self._settings.safe_url(),
+        )
+
+    def get(self, projection: str, key: str) -> dict[str, Any] | None:
+        try:
+            raw = self._redis.get(self._doc_key(projection, key))
+        except redis.RedisError as exc:
+            raise self._fail("read", projection, exc) from exc
+        return None if raw is None else dict(json.loads(str(raw)))
+
+    def counters(self, projection: str, key: str) -> dict[str, int]:
+        try:
+            raw = self._redis.hgetall(self._counter_key(projection, key))
+        except redis.RedisError as exc:
+            raise self._fail("read", projection, exc) from exc
+        return {str(k): int(v) for k, v in dict(raw).items()}
+
+    def applied_offsets(
+        self, projection: str, partitions: Iterable[TopicPartition]
+    ) -> dict[TopicPartition, int]:
+        wanted = list(partitions)
+        if not wanted:
+            return {}
+        try:
+            values = self._redis.hmget(self._offsets_key(projection), [_field(tp) for tp in wanted])
+        except redis.RedisError as exc:
+            raise self._fail("read", projection, exc) from exc
+        return {tp: int(v) for tp, v in zip(wanted, values, strict=True) if v is not None}
+
+    def apply(
+        self,
+        projection: str,
+        changes: Sequence[ReadModelChange],
+        expected: Mapping[TopicPartition, int | None],
+        offsets: Mapping[TopicPartition, int],
+    ) -> bool:
+        keys = [self._offsets_key(projection)]
+        index: dict[str, int] = {}
+
+        def key_index(key: str) -> int:
+            if key not in index:
+                keys.append(key)
+                index[key] = len(keys)  # Lua arrays start at 1
+            return index[key]
+
+        encoded: list[list[Any]] = []
+        for change in changes:
+            if change.kind == "put":
+                document = json.dumps(change.document, separators=(",", ":"), sort_keys=True)
+                encoded.append(["put", key_index(self._doc_key(projection, change.key)), document])
+            elif change.kind == "delete":
+                encoded.append(["delete", key_index(self._doc_key(projection, change.key))])
+            else:
+                counter = key_index(self._counter_key(projection, change.key))
+                encoded.append(["increment", counter, change.field, change.amount])
+        request = {
+            # cjson turns {} and [] alike into an empty table: pairs()/ipairs() accept both.
+            "expected": {_field(tp): (-1 if o is None else o) for tp, o in expected.items()},
+            "offsets": {_field(tp): o for tp, o in offsets.items()},
+            "changes": encoded,
+        }
+        try:
+            result = self._apply_script(keys=keys, args=[json.dumps(request)])
+        except redis.RedisError as exc:
+            raise self._fail("batch write", projection, exc) from exc
+        return bool(result and int(result[0]) == 1)
+
+    def dump(self, projection: str) -> dict[str, Any]:
+        """Every document and counter of the projection (for audits and tests)."""
+        prefix = self._prefix(projection)
+        out: dict[str, Any] = {}
+        try:
+            for raw_key in self._redis.scan_iter(match=f"{_escape(prefix)}*", count=1000):
+                key = str(raw_key)
+                kind, name = key[len(prefix) : len(prefix) + 2], key[len(prefix) + 2 :]
+                if kind == "d:":
+                    out[f"d:{name}"] = json.loads(str(self._redis.get(key)))
+                elif kind == "c:":
+                    counters = dict(self._redis.hgetall(key))
+                    out[f"c:{name}"] = {str(f): int(v) for f, v in counters.items()}
+        except redis.RedisError as exc:
+            raise self._fail("scan", projection, exc) from exc
+        return out
+
+    def reset(self, projection: str) -> None:
+        prefix = self._prefix(projection)
+        try:
+            batch = [str(k) for k in self._redis.scan_iter(match=f"{_escape(prefix)}*", count=1000)]
+            for start in range(0, len(batch), 500):
+                self._redis.delete(*batch[start : start + 500])
+        except redis.RedisError as exc:
+            raise self._fail("reset", projection, exc) from exc
+
+    def close(self) -> None:
+        self._redis.close()
+
+
+def _escape(pattern: str) -> str:
+    """Escape glob characters of a key prefix for SCAN MATCH."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in pattern)

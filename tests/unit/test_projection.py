@@ -1,0 +1,246 @@
+"""ProjectionRunner, ReadModelBatch and the consistency manager on in-memory ports."""
+
+import threading
+from typing import Any
+
+import pytest
+
+from connectors.avro import AvroCodec, AvroSchemaRegistry, bundled_schema_dir
+from tests.memory import (
+    InMemoryLog,
+    InMemoryOffsets,
+    InMemoryPositions,
+    InMemoryReadModelStore,
+)
+from tests.order_stats import cancelled_event, order_stats, placed_event, replay
+from toolkit.consistency import EventualConsistencyManager, ReadAfterWrite
+from toolkit.dead_letter import DeadLetter, DeadLetterQueue
+from toolkit.envelope import Envelope
+from toolkit.errors import ConsistencyTimeout
+from toolkit.hlc import HybridLogicalClock
+from toolkit.ports import OutgoingRecord
+from toolkit.positions import ConsistencyToken, Position, TopicPartition
+from toolkit.projection import ProjectionRunner
+from toolkit.publisher import EventPublisher
+from toolkit.read_model import ReadModelBatch
+from toolkit.tracker import ProjectionTracker
+
+CODEC = AvroCodec(AvroSchemaRegistry.from_directories(bundled_schema_dir()))
+TP = TopicPartition("orders", 0)
+
+
+class World:
+    def __init__(self) -> None:
+        self.log = InMemoryLog()
+        self.store = InMemoryReadModelStore()
+        self.positions = InMemoryPositions()
+        self.publisher = EventPublisher(self.log, CODEC, HybridLogicalClock("w"))
+        self.projection = order_stats("stats", ["orders"])
+
+    def runner(self, **kwargs: Any) -> ProjectionRunner:
+        kwargs.setdefault("notifier", self.positions)
+        return ProjectionRunner(
+            self.projection,
+            self.log.consumer("stats"),
+            CODEC,
+            self.store,
+            DeadLetterQueue(self.log, "stats"),
+            **kwargs,
+        )
+
+    def publish(self, *events: Envelope) -> list[Position]:
+        return [p.position for p in self.publisher.publish_all("orders", list(events))]
+
+
+def test_batch_reads_its_own_pending_changes_and_rolls_back() -> None:
+    store = InMemoryReadModelStore()
+    batch = ReadModelBatch(store, "p")
+    batch.put("a", {"n": 1})
+    mark = batch.savepoint()
+    batch.put("a", {"n": 2})
+    batch.increment("c", "x", 5)
+    assert batch.get("a") == {"n": 2}
+    assert batch.counters("c") == {"x": 5}
+    batch.rollback(mark)
+    assert batch.get("a") == {"n": 1}
+    assert batch.counters("c") == {}
+    assert len(batch) == 1
+
+
+def test_runner_applies_commits_and_announces() -> None:
+    world = World()
+    positions = world.publish(placed_event("o1", "c1", 100), placed_event("o2", "c1", 50))
+    runner = world.runner()
+    assert runner.run_once() == 2
+    assert world.store.get("stats", "order:o1") == {"status": "placed", "total": 100, "seq": 1}
+    assert world.store.counters("stats", "customer:c1") == {"orders": 2, "cents": 150}
+    assert world.log.committed["stats"] == {TP: 2}
+    assert world.positions.latest("stats") == {TP: 2}
+    assert ConsistencyToken.of(positions).is_applied_by(world.log.committed["stats"])
+
+
+def test_crash_between_store_and_commit_does_not_double_apply() -> None:
+    world = World()
+    world.publish(placed_event("o1", "c1", 100), placed_event("o2", "c2", 10))
+
+    class Crash(Exception):
+        pass
+
+    def crash(_: object) -> None:
+        raise Crash
+
+    with pytest.raises(Crash):
+        world.runner(after_store=crash).run_once()
+    assert world.log.committed["stats"] == {}  # Kafka never heard of the batch
+    world.publish(cancelled_event("o1"))
+
+    restarted = world.runner()
+    restarted.run_once()
+    assert restarted.stats.applied == 1  # only the new event
+    events = [e.envelope for e in _all_events(world)]
+    assert world.store.dump("stats") == replay(world.projection, events)
+    assert world.log.committed["stats"] == {TP: 3}
+
+
+def test_runner_with_wiped_read_model_rebuilds_from_the_beginning() -> None:
+    world = World()
+    world.publish(placed_event("o1", "c1", 100))
+    world.runner().run_once()
+    before = world.store.dump("stats")
+    world.store.reset("stats")
+    world.runner().run_once()
+    assert world.store.dump("stats") == before
+
+
+def test_handler_error_dead_letters_the_event_without_partial_changes() -> None:
+    world = World()
+
+    @world.projection.on("kct.examples.orders.OrderConfirmed")
+    def confirmed(event: Envelope, view: ReadModelBatch) -> None:
+        view.increment("totals", "events")
+        raise RuntimeError("boom")
+
+    bad = Envelope(
+        "kct.examples.orders.OrderConfirmed",
+        "order",
+        "o1",
+        2,
+        {"order_id": "o1", "reservation_id": "r", "payment_id": "p"},
+    )
+    world.publish(placed_event("o1", "c1", 5), bad, placed_event("o3", "c1", 5))
+    runner = world.runner()
+    runner.run_once()
+    assert world.store.counters("stats", "totals") == {"events": 2}
+    assert runner.stats.handler_errors == 1
+    (letter,) = [DeadLetter.from_record(r) for r in world.log.topics["orders.dlq"]]
+    assert letter.reason == "handler_error" and "boom" in letter.error
+    assert world.log.committed["stats"] == {TP: 3}
+
+
+def test_poison_record_only_advances_offsets() -> None:
+    world = World()
+    world.log.produce([OutgoingRecord("orders", b"x", b"junk", ())])
+    world.publish(placed_event("o1", "c1", 5))
+    world.runner().run_once()
+    assert world.store.applied_offsets("stats", [TP]) == {TP: 2}
+    assert len(world.log.topics["orders.dlq"]) == 1
+
+
+def test_zombie_runner_cannot_overwrite_the_new_owner() -> None:
+    world = World()
+    world.publish(placed_event("o1", "c1", 1))
+    zombie = world.runner()  # assigned the partition at subscribe time
+    owner = world.runner()
+    owner.run_once()
+    world.publish(placed_event("o2", "c1", 1))
+    zombie.run_once()  # still believes nothing was stored: its write is refused
+    assert zombie.stats.ownership_lost == 1
+    assert zombie.stats.owned == set()
+    assert world.store.counters("stats", "totals") == {"events": 1}
+    owner.run_once()
+    assert world.store.counters("stats", "totals") == {"events": 2}
+
+
+def _all_events(world: World) -> list:  # type: ignore[type-arg]
+    from toolkit.envelope import decode_record
+
+    return [decode_record(r, CODEC) for r in world.log.topics["orders"]]
+
+
+# -- waiting --------------------------------------------------------------------
+
+
+def _manager(world: World, offsets: InMemoryOffsets, **kwargs: float) -> EventualConsistencyManager:
+    return EventualConsistencyManager(ProjectionTracker(offsets), world.positions, **kwargs)
+
+
+def test_wait_returns_at_once_when_already_applied() -> None:
+    world = World()
+    positions = world.publish(placed_event("o1", "c1", 1))
+    world.runner().run_once()
+    offsets = InMemoryOffsets(world.log)
+    _manager(world, offsets).wait_for_consistency(positions[0], "stats", timeout=0)
+    assert offsets.queries <= 1
+
+
+def test_waiter_is_woken_by_the_announcement_not_by_polling() -> None:
+    world = World()
+    positions = world.publish(placed_event("o1", "c1", 1))
+    offsets = InMemoryOffsets(world.log)
+    # Kafka is checked once at the start, then only after 30 s of silence:
+    # returning quickly proves the announcement woke the waiter.
+    manager = _manager(world, offsets, first_check_after=30, max_check_interval=30)
+    runner = world.runner()
+    done = threading.Event()
+
+    def wait() -> None:
+        manager.wait_for_consistency(ConsistencyToken.of(positions), ["stats"], timeout=20)
+        done.set()
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    runner.run_once()
+    assert done.wait(5)
+    waiter.join()
+    assert offsets.queries == 1
+
+
+def test_without_announcements_kafka_offsets_are_the_fallback() -> None:
+    world = World()
+    positions = world.publish(placed_event("o1", "c1", 1))
+    world.runner(notifier=None).run_once()
+    offsets = InMemoryOffsets(world.log)
+    manager = EventualConsistencyManager(ProjectionTracker(offsets), listener=None)
+    manager.wait_for_consistency(positions[0], "stats", timeout=1)
+
+
+def test_timeout_names_the_projection_partition_and_lag() -> None:
+    world = World()
+    positions = world.publish(*[placed_event(f"o{i}", "c", 1) for i in range(3)])
+    manager = _manager(world, InMemoryOffsets(world.log), first_check_after=0.01)
+    with pytest.raises(ConsistencyTimeout) as info:
+        manager.wait_for_consistency(ConsistencyToken.of(positions), ["stats"], timeout=0.1)
+    assert info.value.context["behind"] == {"stats": {"orders[0]": 3}}
+    assert "stats behind on orders[0] by 3" in str(info.value)
+    assert not manager.is_consistent(positions[-1], "stats", timeout=0.05)
+
+
+def test_read_after_write_waits_for_the_command_and_the_callers_earlier_token() -> None:
+    world = World()
+    runner = world.runner()
+    raw = ReadAfterWrite(_manager(world, InMemoryOffsets(world.log)), ["stats"], timeout=5)
+    earlier = ConsistencyToken.of(world.publish(placed_event("o0", "c", 7)))
+    stop = threading.Event()
+    thread = threading.Thread(target=lambda: [runner.run_once() for _ in iter(stop.is_set, True)])
+    thread.start()
+    try:
+        result = raw.execute(
+            lambda: world.publish(placed_event("o1", "c", 3)),
+            lambda: world.store.counters("stats", "customer:c"),
+            after=earlier.to_string(),
+        )
+    finally:
+        stop.set()
+        thread.join()
+    assert result.value == {"orders": 2, "cents": 10}
+    assert result.token.covers(Position("orders", 0, 1))

@@ -1,0 +1,278 @@
+"""Projections: consume events, apply them to a read model, then commit.
+
+A :class:`Projection` names a read model (its name is the consumer group id),
+the topics it reads and a handler per event type. A
+:class:`ProjectionRunner` runs one member of that group:
+
+1. poll a batch (records that are not valid events are dead-lettered by the
+   reader and only advance the offsets);
+2. apply every event of the batch to a :class:`~toolkit.read_model.ReadModelBatch`;
+3. write the batch's changes **and** the offsets they cover in one atomic
+   store step, conditional on the stored offsets being the ones this runner
+   last saw (so a runner that lost its partitions to a rebalance cannot
+   overwrite the new owner's work);
+4. commit the same offsets to Kafka and announce them to waiters.
+
+Guarantees: the read model's own stored offsets say exactly which events it
+contains. On assignment a runner starts each partition at the stored offset
+(or from the beginning when the read model holds nothing of it), so a crash
+anywhere (between apply and commit included) neither loses nor double-applies
+an event: effectively-once read models. The Kafka committed offset, the
+projection's public position, only ever moves to offsets already applied.
+
+Failure modes: a handler that raises on an event dead-letters that event
+(reason ``handler_error``) with nothing of it applied, and the runner moves
+on. A store that keeps failing raises ``ProjectionError`` after bounded
+retries, without committing anything it did not store. A failed Kafka commit
+is retried by the next cycle (the store already has the offsets).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from toolkit.dead_letter import DeadLetterQueue
+from toolkit.envelope import ConsumedEvent, Envelope
+from toolkit.errors import ConnectorError, ProjectionError
+from toolkit.hlc import HybridLogicalClock
+from toolkit.ports import (
+    FROM_BEGINNING,
+    CheckpointedReadModelStore,
+    EventCodec,
+    PositionNotifier,
+    RecordConsumer,
+)
+from toolkit.positions import TopicPartition
+from toolkit.read_model import ReadModelBatch
+from toolkit.reader import EventReader
+
+__all__ = ["Handler", "Projection", "ProjectionRunner", "RunnerStats"]
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Envelope, ReadModelBatch], None]
+
+
+class Projection:
+    """A read model: its name (= consumer group), its topics and its handlers."""
+
+    def __init__(self, name: str, topics: Sequence[str]) -> None:
+        if not name or not topics:
+            raise ValueError("a projection needs a name and at least one topic")
+        self.name = name
+        self.topics = tuple(topics)
+        self._handlers: dict[str, Handler] = {}
+
+    def on(self, *event_types: str) -> Callable[[Handler], Handler]:
+        """Decorator: ``@projection.on("kct.examples.orders.OrderPlaced")``."""
+
+        def register(handler: Handler) -> Handler:
+            for event_type in event_types:
+                if event_type in self._handlers:
+                    raise ValueError(f"{self.name}: two handlers for {event_type}")
+                self._handlers[event_type] = handler
+            return handler
+
+        return register
+
+    def handler_for(self, event_type: str) -> Handler | None:
+        return self._handlers.get(event_type)
+
+    @property
+    def event_types(self) -> frozenset[str]:
+        return frozenset(self._handlers)
+
+
+@dataclass
+class RunnerStats:
+    """What a runner has done since it started."""
+
+    applied: int = 0
+    skipped_already_applied: int = 0
+    handler_errors: int = 0
+    batches: int = 0
+    ownership_lost: int = 0
+    commit_failures: int = 0
+    owned: set[TopicPartition] = field(default_factory=set)
+
+
+class ProjectionRunner:
+    """One member of a projection's consumer group."""
+
+    def __init__(
+        self,
+        projection: Projection,
+        consumer: RecordConsumer,
+        codec: EventCodec,
+        store: CheckpointedReadModelStore,
+        dead_letters: DeadLetterQueue,
+        *,
+        notifier: PositionNotifier | None = None,
+        clock: HybridLogicalClock | None = None,
+        max_batch: int = 500,
+        poll_timeout: float = 0.1,
+        store_retries: int = 5,
+        after_store: Callable[[Mapping[TopicPartition, int]], None] | None = None,
+    ) -> None:
+        self.projection = projection
+        self.stats = RunnerStats()
+        self._reader = EventReader(consumer, codec, dead_letters, clock)
+        self._store = store
+        self._dead_letters = dead_letters
+        self._notifier = notifier
+        self._max_batch = max_batch
+        self._poll_timeout = poll_timeout
+        self._store_retries = store_retries
+        # Test and metrics hook: runs after the store step, before the Kafka commit.
+        self._after_store = after_store
+        # Per owned partition: the next offset the store says is applied (None: nothing yet).
+        self._stored: dict[TopicPartition, int | None] = {}
+        # Stored offsets Kafka has not been told yet (after assignment or a failed commit).
+        self._uncommitted: dict[TopicPartition, int] = {}
+        self._stopping = threading.Event()
+        self._reader.subscribe(projection.topics, self._on_assign, self._on_revoke)
+
+    # -- group membership -------------------------------------------------
+    def _on_assign(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        stored = self._store.applied_offsets(self.projection.name, partitions)
+        starts: dict[TopicPartition, int] = {}
+        for tp in partitions:
+            self._stored[tp] = stored.get(tp)
+            starts[tp] = stored.get(tp, FROM_BEGINNING)
+            if tp in stored:
+                # The store may be ahead of Kafka (crash between apply and commit).
+                self._uncommitted[tp] = stored[tp]
+        self.stats.owned = set(self._stored)
+        log.info("%s: assigned %s, starting at %s", self.projection.name, partitions, starts)
+        return starts
+
+    def _on_revoke(self, partitions: list[TopicPartition]) -> None:
+        # Still the owner here: tell Kafka what the store already has.
+        self._commit_uncommitted()
+        self._drop(partitions)
+        log.info("%s: revoked %s", self.projection.name, partitions)
+
+    def _drop(self, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self._stored.pop(tp, None)
+            self._uncommitted.pop(tp, None)
+        self._reader.forget(partitions)
+        self.stats.owned = set(self._stored)
+
+    # -- the loop ---------------------------------------------------------
+    def run(self, stop: threading.Event | None = None) -> None:
+        """Run cycles until :meth:`stop` (or ``stop`` is set)."""
+        while not self._stopping.is_set() and not (stop is not None and stop.is_set()):
+            self.run_once()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def run_once(self) -> int:
+        """One poll-apply-store-commit cycle; returns how many events were applied."""
+        events = self._reader.poll(self._max_batch, self._poll_timeout)
+        polled = {
+            tp: offset
+            for tp, offset in self._reader.pending_offsets.items()
+            if tp in self._stored and offset > (self._stored[tp] or 0)
+        }
+        applied = 0
+        if polled:
+            batch = ReadModelBatch(self._store, self.projection.name)
+            applied = self._apply(events, batch)
+            self._store_batch(batch, polled)
+        self._reader.forget([tp for tp in self._reader.pending_offsets if tp not in polled])
+        self._commit_uncommitted()
+        return applied
+
+    def _apply(self, events: Iterable[ConsumedEvent], batch: ReadModelBatch) -> int:
+        applied = 0
+        for event in events:
+            tp = event.position.topic_partition
+            if tp not in self._stored:
+                continue  # revoked while this batch was in flight
+            already = self._stored[tp]
+            if already is not None and event.position.offset < already:
+                self.stats.skipped_already_applied += 1
+                continue
+            handler = self.projection.handler_for(event.envelope.event_type)
+            if handler is None:
+                continue
+            mark = batch.savepoint()
+            try:
+                handler(event.envelope, batch)
+            except Exception as exc:  # a handler bug or a poison event: isolate it
+                batch.rollback(mark)
+                self.stats.handler_errors += 1
+                if event.record is not None:
+                    self._dead_letters.send(
+                        event.record, "handler_error", f"{type(exc).__name__}: {exc}"
+                    )
+                log.warning(
+                    "%s: handler failed on %s, dead-lettered: %s",
+                    self.projection.name,
+                    event.position,
+                    exc,
+                )
+                continue
+            applied += 1
+        self.stats.applied += applied
+        return applied
+
+    def _store_batch(self, batch: ReadModelBatch, offsets: Mapping[TopicPartition, int]) -> None:
+        expected = {tp: self._stored.get(tp) for tp in offsets}
+        delay = 0.05
+        for attempt in range(1, self._store_retries + 1):
+            try:
+                ok = self._store.apply(self.projection.name, batch.changes, expected, offsets)
+                break
+            except ConnectorError as exc:
+                if attempt == self._store_retries:
+                    raise ProjectionError(
+                        "read-model store keeps failing; nothing of the batch was committed",
+                        projection=self.projection.name,
+                        attempts=attempt,
+                    ) from exc
+                log.warning("%s: store failed (%s), retrying", self.projection.name, exc)
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        self.stats.batches += 1
+        if not ok:
+            # Someone else stored these partitions since we were assigned them:
+            # we are a zombie for them. Drop them; the group will sort it out.
+            self.stats.ownership_lost += 1
+            log.warning("%s: lost %s to another runner", self.projection.name, list(offsets))
+            self._drop(list(offsets))
+            return
+        self._stored.update(offsets)
+        self._uncommitted.update(offsets)
+        if self._after_store is not None:
+            self._after_store(offsets)
+
+    def _commit_uncommitted(self) -> None:
+        owned = {tp: o for tp, o in self._uncommitted.items() if tp in self._stored}
+        if not owned:
+            return
+        try:
+            self._reader.commit(owned)
+        except ConnectorError as exc:
+            self.stats.commit_failures += 1
+            log.warning("%s: commit failed (will retry): %s", self.projection.name, exc)
+            return
+        for tp, offset in owned.items():
+            if self._uncommitted.get(tp) == offset:
+                del self._uncommitted[tp]
+        if self._notifier is not None:
+            try:
+                self._notifier.publish(self.projection.name, owned)
+            except ConnectorError as exc:  # waiters fall back to Kafka's offsets
+                log.warning("%s: position notification failed: %s", self.projection.name, exc)
+
+    def close(self) -> None:
+        """Commit what is stored, then leave the group."""
+        self._commit_uncommitted()
+        self._reader.close()

@@ -1,0 +1,135 @@
+"""The composition root: wires the core to Kafka, Avro and Redis adapters.
+
+``Kct`` builds, lazily and once, the pieces a service needs (publisher,
+projection runners, consistency manager, read-after-write) from
+:class:`KctSettings`. Tests, benchmarks, the demo and (later) the sidecar use
+it, so the wiring lives in one place.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+from connectors.avro import AvroCodec, AvroSchemaRegistry, bundled_schema_dir
+from connectors.kafka import KafkaAdmin, KafkaRecordConsumer, KafkaRecordProducer, KafkaSettings
+from connectors.redis import (
+    RedisEventPositionIndex,
+    RedisPositionListener,
+    RedisPositionNotifier,
+    RedisReadModelStore,
+    RedisSettings,
+)
+from toolkit.consistency import EventualConsistencyManager, ReadAfterWrite
+from toolkit.dead_letter import DeadLetterQueue
+from toolkit.hlc import HybridLogicalClock
+from toolkit.positions import TopicPartition
+from toolkit.projection import Projection, ProjectionRunner
+from toolkit.publisher import EventPublisher
+from toolkit.tracker import ProjectionTracker
+
+__all__ = ["Kct", "KctSettings"]
+
+
+def _default_node_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}".replace(":", "-")
+
+
+@dataclass(frozen=True)
+class KctSettings:
+    """Connections and identity of one process."""
+
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    redis: RedisSettings = field(default_factory=RedisSettings)
+    node_id: str = field(default_factory=_default_node_id)
+    schema_dirs: tuple[Path, ...] = ()
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> KctSettings:
+        return cls(kafka=KafkaSettings.from_env(environ), redis=RedisSettings.from_env(environ))
+
+
+class Kct:
+    """Everything a service needs, wired once."""
+
+    def __init__(self, settings: KctSettings | None = None) -> None:
+        self.settings = settings or KctSettings.from_env()
+
+    @cached_property
+    def codec(self) -> AvroCodec:
+        dirs = (bundled_schema_dir(), *self.settings.schema_dirs)
+        return AvroCodec(AvroSchemaRegistry.from_directories(*dirs))
+
+    @cached_property
+    def clock(self) -> HybridLogicalClock:
+        return HybridLogicalClock(self.settings.node_id)
+
+    @cached_property
+    def producer(self) -> KafkaRecordProducer:
+        return KafkaRecordProducer(self.settings.kafka)
+
+    @cached_property
+    def admin(self) -> KafkaAdmin:
+        return KafkaAdmin(self.settings.kafka)
+
+    @cached_property
+    def index(self) -> RedisEventPositionIndex:
+        return RedisEventPositionIndex(self.settings.redis)
+
+    @cached_property
+    def publisher(self) -> EventPublisher:
+        return EventPublisher(self.producer, self.codec, self.clock, self.index)
+
+    @cached_property
+    def store(self) -> RedisReadModelStore:
+        return RedisReadModelStore(self.settings.redis)
+
+    @cached_property
+    def notifier(self) -> RedisPositionNotifier:
+        return RedisPositionNotifier(self.settings.redis)
+
+    @cached_property
+    def listener(self) -> RedisPositionListener:
+        return RedisPositionListener(self.settings.redis).start()
+
+    @cached_property
+    def tracker(self) -> ProjectionTracker:
+        return ProjectionTracker(self.admin)
+
+    @cached_property
+    def consistency(self) -> EventualConsistencyManager:
+        return EventualConsistencyManager(self.tracker, self.listener, self.index)
+
+    def read_after_write(self, projections: Sequence[str], timeout: float = 5.0) -> ReadAfterWrite:
+        return ReadAfterWrite(self.consistency, projections, timeout)
+
+    def runner(
+        self,
+        projection: Projection,
+        *,
+        max_batch: int = 500,
+        after_store: Callable[[Mapping[TopicPartition, int]], None] | None = None,
+    ) -> ProjectionRunner:
+        """A new member of ``projection``'s consumer group (call ``run`` on a thread)."""
+        consumer = KafkaRecordConsumer(self.settings.kafka, projection.name)
+        return ProjectionRunner(
+            projection,
+            consumer,
+            self.codec,
+            self.store,
+            DeadLetterQueue(self.producer, projection.name),
+            notifier=self.notifier,
+            clock=self.clock,
+            max_batch=max_batch,
+            after_store=after_store,
+        )
+
+    def close(self) -> None:
+        for name in ("listener", "producer"):
+            if name in self.__dict__:
+                self.__dict__[name].close()

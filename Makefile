@@ -39,6 +39,9 @@ unit: install
 integration: stack
 	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
 
+bench: stack
+	$(BIN)/python -m benchmarks.run $(if $(QUICK),--quick,)
+
 test: lint stack
 	$(BIN)/pytest tests $(PYTEST_ARGS)
 

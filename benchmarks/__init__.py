@@ -1,0 +1,1 @@
+"""Runnable benchmarks: ``python -m benchmarks.run [--quick]`` (or ``make bench``)."""

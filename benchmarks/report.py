@@ -1,0 +1,212 @@
+"""Tables (rich, on the terminal) and ``benchmarks/RESULTS.md`` (rewritten every run)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from benchmarks.common import Summary
+from benchmarks.latency import LatencyResult
+from benchmarks.throughput import ThroughputResult
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+LATENCY_TARGET_MS = 10.0
+THROUGHPUT_TARGET = 0.5
+
+
+@dataclass(frozen=True)
+class Verdict:
+    target: str
+    measured: str
+    passed: bool
+
+    @property
+    def word(self) -> str:
+        return "PASS" if self.passed else "FAIL"
+
+
+def _ms(value: float) -> str:
+    if math.isnan(value):
+        return "-"
+    return f"{value:.2f}" if value < 10 else f"{value:.1f}"
+
+
+def latency_rows(lat: LatencyResult) -> list[list[str]]:
+    floor_p99 = lat.floor.p99
+    rows: list[tuple[str, Summary, bool]] = [
+        ("kct: publish -> wait_for_consistency (pub/sub wake)", lat.kct, True),
+        ("  of which publish until acked", lat.kct_publish, False),
+        ("  of which wait_for_consistency", lat.kct_wait, False),
+        ("seed design: publish -> has_applied every 100 ms", lat.seed, True),
+        ("floor: raw producer -> raw consumer poll()", lat.floor, True),
+        ("diagnostic: raw producer -> raw consume(500, 0.1)", lat.floor_consume, True),
+    ]
+    out = []
+    for label, s, compare in rows:
+        delta = f"{s.p99 - floor_p99:+.1f}" if compare and s.count else ""
+        out.append(
+            [
+                label,
+                str(s.count),
+                _ms(s.p50),
+                _ms(s.p95),
+                _ms(s.p99),
+                _ms(s.max),
+                _ms(s.mean),
+                str(s.errors),
+                delta,
+            ]
+        )
+    return out
+
+
+LATENCY_HEAD = ["variant", "writes", "p50", "p95", "p99", "max", "mean", "timeouts", "p99 - floor"]
+THROUGHPUT_HEAD = [
+    "variant",
+    "max_batch",
+    "events",
+    "seconds",
+    "events/s (median)",
+    "range of runs",
+    "vs best raw",
+]
+
+_MODE_LABEL = {
+    "raw": "raw consumer, no decode",
+    "runner": "kct ProjectionRunner -> Redis, committed",
+    "raw_avro": "diagnostic: raw consumer + Avro decode",
+    "reader": "diagnostic: kct EventReader (decode, no apply)",
+}
+
+
+def throughput_rows(tp: ThroughputResult) -> list[list[str]]:
+    raw = tp.best("raw")
+    out = []
+    for run in tp.runs:
+        share = f"{run.rate / raw.rate:.0%}" if raw and raw.rate else "-"
+        label = _MODE_LABEL[run.mode]
+        if run.detail.get("committed_equals_end") is False:
+            label += " (COMMITTED != END)"
+        rates = run.detail.get("rates", [run.rate])
+        out.append(
+            [
+                label,
+                str(run.max_batch),
+                str(run.count),
+                f"{run.seconds:.2f}",
+                f"{run.rate:,.0f}",
+                f"{min(rates):,.0f}-{max(rates):,.0f}",
+                share,
+            ]
+        )
+    return out
+
+
+def verdicts(lat: LatencyResult, tp: ThroughputResult) -> list[Verdict]:
+    gap = lat.kct.p99 - lat.floor.p99
+    lat_ok = lat.kct.errors == 0 and lat.kct.count > 0 and gap <= LATENCY_TARGET_MS
+    raw, runner = tp.best("raw"), tp.best("runner")
+    share = runner.rate / raw.rate if raw and runner and raw.rate else 0.0
+    committed_ok = runner is not None and runner.detail.get("committed_equals_end") is True
+    return [
+        Verdict(
+            f"read-after-write: kct p99 within {LATENCY_TARGET_MS:g} ms of the floor's p99",
+            f"kct p99 {_ms(lat.kct.p99)} ms, floor p99 {_ms(lat.floor.p99)} ms, "
+            f"gap {gap:+.1f} ms ({lat.kct.errors} timeouts)",
+            lat_ok,
+        ),
+        Verdict(
+            f"throughput: ProjectionRunner >= {THROUGHPUT_TARGET:.0%} of the raw consumer",
+            (
+                f"runner {runner.rate:,.0f}/s (max_batch={runner.max_batch}), "
+                f"raw {raw.rate:,.0f}/s (max_batch={raw.max_batch}): {share:.0%}"
+                if raw and runner
+                else "a run did not read every event"
+            ),
+            share >= THROUGHPUT_TARGET and committed_ok,
+        ),
+    ]
+
+
+def _table(title: str, head: list[str], rows: list[list[str]]) -> Table:
+    table = Table(title=title, title_justify="left")
+    for i, name in enumerate(head):
+        table.add_column(name, justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def print_report(
+    console: Console, facts: dict[str, str], lat: LatencyResult, tp: ThroughputResult
+) -> None:
+    console.print(_table("Read-after-write latency (ms)", LATENCY_HEAD, latency_rows(lat)))
+    console.print(_table("Projection throughput", THROUGHPUT_HEAD, throughput_rows(tp)))
+    for key, value in facts.items():
+        console.print(f"[bold]{key}[/]: {value}")
+    for v in verdicts(lat, tp):
+        style = "green" if v.passed else "red"
+        console.print(f"[bold {style}]{v.word}[/] {v.target}: {v.measured}")
+
+
+def _md_table(head: list[str], rows: list[list[str]]) -> str:
+    rule = "|" + "|".join(["---"] + ["--:"] * (len(head) - 1)) + "|"
+    lines = ["| " + " | ".join(head) + " |", rule]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_results(
+    *,
+    date: str,
+    command: str,
+    wall_seconds: float,
+    quick: bool,
+    facts: dict[str, str],
+    lat: LatencyResult,
+    tp: ThroughputResult,
+) -> Path:
+    runner = lat.runner
+    text = f"""# Benchmark results
+
+Generated by the benchmark harness; rewritten by every run (see `README.md`
+for what each figure means).
+
+- Date: {date}
+- Command: `{command}`{" (quick sizes)" if quick else ""}
+- Wall time of the run: {wall_seconds:.0f} s
+{chr(10).join(f"- {k}: {v}" for k, v in facts.items())}
+
+## Verdicts
+
+{chr(10).join(f"- **{v.word}** {v.target}: {v.measured}" for v in verdicts(lat, tp))}
+
+## Read-after-write latency (milliseconds)
+
+Interleaved rounds after {lat.warmup} warm-up rounds. kct and the seed design
+write to one fresh 3-partition topic read by one ProjectionRunner (its own
+process, `max_batch=500`); each floor has its own fresh 3-partition topic and
+consumer process. The seed design and the `consume()` diagnostic run on every
+n-th round only (their `writes` column). The runner applied
+{runner.get("applied", "?")} events in {runner.get("batches", "?")} batches.
+
+{_md_table(LATENCY_HEAD, latency_rows(lat))}
+
+## Projection throughput
+
+{tp.events:,} `OrderPlaced` events on a fresh 3-partition topic (pre-loaded
+through kct's publisher in {tp.preload_seconds:.1f} s). Each run is a new
+consumer group in its own process, its clock started right before the
+consumer is created (group join included); runner runs end when the group's
+committed offsets equal the end offsets (checked with the admin API after
+each run). Every variant ran {tp.reps} times, interleaved; the table shows the
+median run and the range of all runs.
+
+{_md_table(THROUGHPUT_HEAD, throughput_rows(tp))}
+"""
+    RESULTS.write_text(text)
+    return RESULTS

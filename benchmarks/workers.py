@@ -1,0 +1,200 @@
+"""Entry points of the benchmark's child processes (started with ``spawn``).
+
+Every consumer runs in its own process so it never shares the GIL with the
+writer or the waiter being timed. Results travel back over multiprocessing
+queues and pipes; nothing is cached between runs.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import io
+import pstats
+import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from multiprocessing.queues import Queue
+from multiprocessing.synchronize import Event
+from typing import Any
+
+from confluent_kafka import Consumer
+
+from benchmarks.common import bench_projection, make_kct
+from connectors.kafka import KafkaRecordConsumer, KafkaSettings
+from toolkit.dead_letter import DeadLetterQueue
+from toolkit.reader import EventReader
+
+# Floor consumers use the settings KafkaRecordConsumer uses (connectors/kafka/consumer.py).
+FLOOR_POLL_TIMEOUT = 0.1
+
+
+def raw_consumer_config(bootstrap: str, group: str) -> dict[str, Any]:
+    return {
+        "bootstrap.servers": bootstrap,
+        "client.id": "kct-bench-raw",
+        "group.id": group,
+        "auto.offset.reset": "earliest",
+        "session.timeout.ms": 10_000,
+        "fetch.wait.max.ms": 50,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "isolation.level": "read_committed",
+    }
+
+
+def _profiled(enabled: bool, body: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    if not enabled:
+        return body()
+    profiler = cProfile.Profile()
+    result = profiler.runcall(body)
+    out = io.StringIO()
+    stats = pstats.Stats(profiler, stream=out)
+    stats.sort_stats("tottime").print_stats(22)
+    stats.sort_stats("cumulative").print_stats(30)
+    result["profile"] = out.getvalue()
+    return result
+
+
+# -- latency ---------------------------------------------------------------------
+
+
+def projection_runner(
+    *,
+    bootstrap: str,
+    redis_url: str,
+    topic: str,
+    name: str,
+    max_batch: int,
+    stop: Event,
+    results: Queue[dict[str, Any]],
+    profile: bool,
+) -> None:
+    """A kct ProjectionRunner, until ``stop``; reports its stats."""
+    kct = make_kct(bootstrap, redis_url, "runner")
+    runner = kct.runner(bench_projection(name, [topic]), max_batch=max_batch)
+
+    def body() -> dict[str, Any]:
+        runner.run(stop)  # type: ignore[arg-type]  # duck-typed: only is_set() is used
+        return {}
+
+    result = _profiled(profile, body)
+    runner.close()
+    kct.close()
+    stats = runner.stats
+    result.update(applied=stats.applied, batches=stats.batches, errors=stats.handler_errors)
+    results.put(result)
+
+
+def floor_consumer(
+    *, bootstrap: str, topic: str, group: str, conn: Connection, stop: Event, batch: bool
+) -> None:
+    """Raw consumer: sends (send_ns, receive_ns) for each record back to the writer.
+
+    ``batch=False`` reads with ``Consumer.poll`` (returns on the first record);
+    ``batch=True`` with ``Consumer.consume(500, 0.1)``, the call kct's
+    KafkaRecordConsumer makes.
+    """
+    consumer = Consumer(raw_consumer_config(bootstrap, group))
+    consumer.subscribe([topic])
+    while not stop.is_set():
+        if batch:
+            messages = consumer.consume(num_messages=500, timeout=FLOOR_POLL_TIMEOUT)
+        else:
+            message = consumer.poll(FLOOR_POLL_TIMEOUT)
+            messages = [] if message is None else [message]
+        received = time.time_ns()
+        for message in messages:
+            value = message.value()
+            if message.error() is None and value is not None:
+                conn.send((int(value), received))
+    consumer.close()
+
+
+# -- throughput ------------------------------------------------------------------
+
+
+def throughput(
+    *,
+    mode: str,
+    bootstrap: str,
+    redis_url: str,
+    topic: str,
+    group: str,
+    expected: int,
+    max_batch: int,
+    results: Queue[dict[str, Any]],
+    profile: bool,
+) -> None:
+    """Read ``expected`` events of ``topic`` as a fresh group; report the elapsed time.
+
+    Modes: ``runner`` (kct ProjectionRunner: decode, apply, store, commit,
+    announce), ``raw`` (confluent-kafka consume, no decode), ``raw_avro``
+    (raw consume + kct's Avro codec on each value), ``reader`` (kct's
+    EventReader: consume + envelope and Avro decode, nothing applied).
+    The clock starts right before the consumer is created (group join
+    included), everything else (schemas, Redis clients, producer) is built first.
+    """
+    kct = make_kct(bootstrap, redis_url, f"tp-{mode}")
+    codec, _store, _notifier, _clock, producer = (
+        kct.codec,
+        kct.store,
+        kct.notifier,
+        kct.clock,
+        kct.producer,
+    )
+    deadline = time.monotonic() + 600
+
+    def run_runner() -> dict[str, Any]:
+        runner = kct.runner(bench_projection(group, [topic]), max_batch=max_batch)
+        while runner.stats.applied + runner.stats.handler_errors < expected:
+            runner.run_once()
+            if time.monotonic() > deadline:
+                break
+        done = time.perf_counter()
+        stats = runner.stats
+        runner.close()
+        return {
+            "done": done,
+            "count": stats.applied,
+            "batches": stats.batches,
+            "commit_failures": stats.commit_failures,
+        }
+
+    def run_raw(decode: bool) -> dict[str, Any]:
+        consumer = Consumer(raw_consumer_config(bootstrap, group))
+        consumer.subscribe([topic])
+        count = 0
+        while count < expected and time.monotonic() < deadline:
+            for message in consumer.consume(num_messages=max_batch, timeout=0.1):
+                if message.error() is not None:
+                    continue
+                if decode:
+                    headers: Any = dict(message.headers() or [])
+                    codec.decode(message.value() or b"", headers["schema"].decode())
+                count += 1
+        done = time.perf_counter()
+        consumer.close()
+        return {"done": done, "count": count}
+
+    def run_reader() -> dict[str, Any]:
+        consumer = KafkaRecordConsumer(KafkaSettings(bootstrap_servers=bootstrap), group)
+        reader = EventReader(consumer, codec, DeadLetterQueue(producer, group), kct.clock)
+        reader.subscribe([topic])
+        count = 0
+        while count < expected and time.monotonic() < deadline:
+            count += len(reader.poll(max_batch, 0.1))
+        done = time.perf_counter()
+        reader.close()
+        return {"done": done, "count": count}
+
+    bodies: dict[str, Callable[[], dict[str, Any]]] = {
+        "runner": run_runner,
+        "raw": lambda: run_raw(decode=False),
+        "raw_avro": lambda: run_raw(decode=True),
+        "reader": run_reader,
+    }
+    started = time.perf_counter()
+    result = _profiled(profile, bodies[mode])
+    result["seconds"] = result.pop("done") - started
+    kct.close()
+    results.put(result)

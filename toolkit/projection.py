@@ -228,7 +228,7 @@ class ProjectionRunner:
         delay = 0.05
         for attempt in range(1, self._store_retries + 1):
             try:
-                ok = self._store.apply(self.projection.name, batch.changes, expected, offsets)
+                ok = self._store.apply(self.projection.name, batch.net_changes(), expected, offsets)
                 break
             except ConnectorError as exc:
                 if attempt == self._store_retries:

@@ -41,6 +41,21 @@ class ReadModelBatch:
     def changes(self) -> list[ReadModelChange]:
         return list(self._changes)
 
+    def net_changes(self) -> list[ReadModelChange]:
+        """The same effect in the fewest changes: the last put or delete per
+        document, one summed increment per counter field."""
+        net: list[ReadModelChange] = []
+        for key, document in self._documents.items():
+            if document is _DELETED:
+                net.append(ReadModelChange("delete", key))
+            else:
+                net.append(ReadModelChange("put", key, document=document))
+        for key, deltas in self._counter_deltas.items():
+            net.extend(
+                ReadModelChange("increment", key, field=f, amount=n) for f, n in deltas.items() if n
+            )
+        return net
+
     def __len__(self) -> int:
         return len(self._changes)
 

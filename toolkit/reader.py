@@ -81,9 +81,11 @@ class EventReader:
             except SerializationError as exc:
                 self._dead_letters.send(record, "undecodable", str(exc))
                 continue
-            if self._clock is not None and event.envelope.hlc is not None:
-                self._clock.observe(event.envelope.hlc)
             events.append(event)
+        if self._clock is not None:
+            stamps = [e.envelope.hlc for e in events if e.envelope.hlc is not None]
+            if stamps:
+                self._clock.observe(max(stamps))  # the latest covers the batch
         return events
 
     @property

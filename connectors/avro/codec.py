@@ -52,8 +52,10 @@ class AvroCodec:
         writer = self.registry.resolve(schema_ref)
         reader = self.registry.reader_for(writer)
         buffer = io.BytesIO(data)
+        # Same schema on both sides (the common case): skip schema resolution.
+        reader_schema = None if reader.fingerprint == writer.fingerprint else reader.parsed
         try:
-            value = schemaless_reader(buffer, writer.parsed, reader.parsed)
+            value = schemaless_reader(buffer, writer.parsed, reader_schema)
         except Exception as exc:
             # fastavro signals bad bytes with many exception types (EOFError,
             # UnicodeDecodeError, IndexError, ValueError, SchemaResolutionError…).

@@ -244,3 +244,20 @@ def test_read_after_write_waits_for_the_command_and_the_callers_earlier_token() 
         thread.join()
     assert result.value == {"orders": 2, "cents": 10}
     assert result.token.covers(Position("orders", 0, 1))
+
+
+def test_net_changes_have_the_same_effect_as_all_changes() -> None:
+    store_all, store_net = InMemoryReadModelStore(), InMemoryReadModelStore()
+    batch = ReadModelBatch(store_all, "p")
+    batch.put("a", {"n": 1})
+    batch.increment("c", "x", 2)
+    batch.put("a", {"n": 2})
+    batch.delete("b")
+    batch.increment("c", "x", 3)
+    batch.increment("c", "y", -1)
+    batch.put("b", {"n": 9})
+    batch.delete("a")
+    store_all.apply("p", batch.changes, {}, {})
+    store_net.apply("p", batch.net_changes(), {}, {})
+    assert store_all.dump("p") == store_net.dump("p") == {"d:b": {"n": 9}, "c:c": {"x": 5, "y": -1}}
+    assert len(batch.net_changes()) == 4

@@ -18,13 +18,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from typing import cast
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 
 from connectors.kafka.settings import KafkaSettings
 from toolkit.errors import ConsumeError
-from toolkit.ports import FROM_BEGINNING, AssignCallback, ConsumedRecord, RevokeCallback
+from toolkit.ports import (
+    FROM_BEGINNING,
+    AssignCallback,
+    ConsumedRecord,
+    Headers,
+    RevokeCallback,
+)
 from toolkit.positions import TopicPartition
 
 __all__ = ["KafkaRecordConsumer"]
@@ -159,11 +166,15 @@ class KafkaRecordConsumer:
 
 
 def _to_record(message: Message) -> ConsumedRecord:
-    raw_headers = message.headers() or []
-    pairs = raw_headers.items() if isinstance(raw_headers, dict) else raw_headers
-    headers = tuple(
-        (k, v.encode() if isinstance(v, str) else (v if v is not None else b"")) for k, v in pairs
-    )
+    raw_headers = message.headers()
+    headers: Headers = ()
+    if raw_headers:
+        # A consumed message's headers are (str, bytes | None) pairs: keep them
+        # as they are unless a null value needs replacing (hot path).
+        pairs = tuple(raw_headers)
+        if any(v is None for _, v in pairs):
+            pairs = tuple((k, v if v is not None else b"") for k, v in pairs)
+        headers = cast(Headers, pairs)
     _kind, timestamp = message.timestamp()
     topic, partition, offset = message.topic(), message.partition(), message.offset()
     if topic is None or partition is None or offset is None:

@@ -66,6 +66,9 @@ class RedisPositionNotifier:
                 redis=self._settings.safe_url(),
             ) from exc
 
+    def close(self) -> None:
+        self._redis.close()
+
 
 class RedisPositionListener:
     """Highest announced offsets per projection, with a wake-up for waiters."""
@@ -181,3 +184,6 @@ class RedisEventPositionIndex:
             return None
         topic, partition, offset = str(raw).rsplit(":", 2)
         return Position(topic, int(partition), int(offset))
+
+    def close(self) -> None:
+        self._redis.close()

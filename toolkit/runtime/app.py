@@ -130,6 +130,11 @@ class Kct:
         )
 
     def close(self) -> None:
-        for name in ("listener", "producer"):
+        """Stop the listener, flush the producer, close Redis connections."""
+        if "listener" in self.__dict__:
+            self.listener.close()
+        if "producer" in self.__dict__:
+            self.producer.close()
+        for name in ("store", "notifier", "index"):
             if name in self.__dict__:
                 self.__dict__[name].close()

@@ -51,7 +51,14 @@ from toolkit.runtime.stack_services import (
     StackPorts,
 )
 
-__all__ = ["LocalStack", "ServiceStatus", "StackEndpoints", "StackStatus", "default_state_dir"]
+__all__ = [
+    "LocalStack",
+    "ServiceStatus",
+    "StackEndpoints",
+    "StackStatus",
+    "default_port_offset",
+    "default_state_dir",
+]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +69,18 @@ _PROBE_TIMEOUT = 2.0
 def default_state_dir() -> Path:
     env = os.environ.get("KCT_STATE_DIR")
     return Path(env).expanduser() if env else Path.home() / ".local" / "state" / "kct"
+
+
+def default_port_offset() -> int:
+    """``$KCT_STACK_PORT_OFFSET`` (default 0): lets two stacks share a machine."""
+    raw = os.environ.get("KCT_STACK_PORT_OFFSET", "0").strip() or "0"
+    try:
+        offset = int(raw)
+    except ValueError:
+        raise StackError("KCT_STACK_PORT_OFFSET must be a whole number", value=raw) from None
+    if not 0 <= offset <= 20000:
+        raise StackError("KCT_STACK_PORT_OFFSET must be between 0 and 20000", value=offset)
+    return offset
 
 
 @dataclass(frozen=True)
@@ -125,12 +144,13 @@ class LocalStack:
     def __init__(
         self,
         state_dir: Path | None = None,
-        port_offset: int = 0,
+        port_offset: int | None = None,
         cache_dir: Path | None = None,
         *,
         ready_timeout: float = READY_TIMEOUT,
     ) -> None:
         self.state_dir = (state_dir or default_state_dir()).expanduser().absolute()
+        port_offset = default_port_offset() if port_offset is None else port_offset
         self.port_offset = port_offset
         self.ports = StackPorts.with_offset(port_offset)
         self.layout = StackLayout(

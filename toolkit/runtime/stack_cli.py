@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from toolkit.errors import ToolkitError
-from toolkit.runtime.stack import LocalStack, StackStatus, default_state_dir
+from toolkit.runtime.stack import LocalStack, StackStatus, default_port_offset, default_state_dir
 
 __all__ = ["stack"]
 
@@ -44,7 +44,8 @@ _json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.
 def _make_stack(state_dir: Path | None, port_offset: int | None) -> LocalStack:
     state = state_dir or default_state_dir()
     if port_offset is None:
-        port_offset = LocalStack.recorded_port_offset(state) or 0
+        recorded = LocalStack.recorded_port_offset(state)
+        port_offset = default_port_offset() if recorded is None else recorded
     return LocalStack(state_dir=state, port_offset=port_offset)
 
 

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from confluent_kafka import (
     ConsumerGroupTopicPartitions,
@@ -81,17 +81,23 @@ class KafkaAdmin:
             ],
             request_timeout=self._timeout,
         )
+        self._await_topics(futures, "create", already_done=KafkaError.TOPIC_ALREADY_EXISTS)
+        self._wait_for_leaders(wanted)
+
+    def _await_topics(
+        self, futures: Mapping[str, Future[Any]], verb: str, already_done: int
+    ) -> None:
+        """Wait for per-topic results; the ``already_done`` error code counts as success."""
         for name, future in futures.items():
             try:
                 self._result(future, topic=name)
             except KafkaException as exc:
-                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                if exc.args[0].code() != already_done:
                     raise AdminError(
-                        f"cannot create topic: {exc.args[0].str()}", topic=name
+                        f"cannot {verb} topic: {exc.args[0].str()}", topic=name
                     ) from exc
-        self._wait_for_leaders(wanted)
 
-    def _result(self, future: Future[object], **context: str) -> object:
+    def _result(self, future: Future[Any], **context: str) -> object:
         """A request's answer; raises AdminError when Kafka does not answer in time."""
         try:
             return future.result(timeout=self._timeout)
@@ -121,14 +127,7 @@ class KafkaAdmin:
 
     def delete_topics(self, names: Iterable[str]) -> None:
         futures = self._admin.delete_topics(list(names), request_timeout=self._timeout)
-        for name, future in futures.items():
-            try:
-                self._result(future, topic=name)
-            except KafkaException as exc:
-                if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
-                    raise AdminError(
-                        f"cannot delete topic: {exc.args[0].str()}", topic=name
-                    ) from exc
+        self._await_topics(futures, "delete", already_done=KafkaError.UNKNOWN_TOPIC_OR_PART)
 
     def _metadata(self, topic: str | None = None) -> ClusterMetadata:
         try:

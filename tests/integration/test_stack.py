@@ -1,6 +1,6 @@
 """`kct stack up | down | status` against real servers, through the CLI.
 
-A second stack runs in a temporary state directory with port offset 1000 so
+A second stack runs in a temporary state directory with port offset 1000 above this run's own stack so
 the default stack (offset 0) is never disturbed; the port-conflict case uses a
 third offset. The tests in this module run in file order and share one stack:
 up -> really talk to each server -> up again (no-op) -> down.
@@ -27,8 +27,11 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 from kazoo.client import KazooClient
 
-OFFSET = 1000
-CONFLICT_OFFSET = 3000
+from toolkit.runtime.stack import default_port_offset
+
+# Relative to this run's own stack (KCT_STACK_PORT_OFFSET), so they never collide.
+OFFSET = default_port_offset() + 1000
+CONFLICT_OFFSET = default_port_offset() + 2000
 REPO = Path(__file__).resolve().parents[2]
 SERVICES = ("kafka", "zookeeper", "redis", "jaeger")
 

@@ -1,9 +1,10 @@
 """`kct stack up | down | status` against real servers, through the CLI.
 
-A second stack runs in a temporary state directory with port offset 1000 above this run's own stack so
-the default stack (offset 0) is never disturbed; the port-conflict case uses a
-third offset. The tests in this module run in file order and share one stack:
-up -> really talk to each server -> up again (no-op) -> down.
+A second stack runs in a temporary state directory with a port offset 1000
+above this run's own stack, so that stack is never disturbed; the
+port-conflict case uses a third offset. The tests in this module run in
+file order and share one stack: up -> really talk to each server -> up
+again (no-op) -> down.
 """
 
 from __future__ import annotations

@@ -17,8 +17,6 @@ from connectors.kafka import KafkaSettings
 from connectors.redis import RedisSettings
 from toolkit.dead_letter import dead_letter_topic
 from toolkit.envelope import Envelope
-from toolkit.projection import Projection
-from toolkit.read_model import ReadModelBatch
 from toolkit.runtime.app import Kct, KctSettings
 
 PLACED = "kct.examples.orders.OrderPlaced"
@@ -73,24 +71,6 @@ def create_topics(kct: Kct, *names: str) -> None:
 
 def delete_topics(kct: Kct, *names: str) -> None:
     kct.admin.delete_topics([n for name in names for n in (name, dead_letter_topic(name))])
-
-
-def bench_projection(name: str, topics: Sequence[str]) -> Projection:
-    """The order read model of ``tests/order_stats.py`` (OrderPlaced only)."""
-    projection = Projection(name, topics)
-
-    @projection.on(PLACED)
-    def placed(event: Envelope, view: ReadModelBatch) -> None:
-        p = event.payload
-        view.put(
-            f"order:{p['order_id']}",
-            {"status": "placed", "total": p["total_cents"], "seq": event.sequence},
-        )
-        view.increment(f"customer:{p['customer_id']}", "orders")
-        view.increment(f"customer:{p['customer_id']}", "cents", int(p["total_cents"]))
-        view.increment("totals", "events")
-
-    return projection
 
 
 def placed_event(order_id: str, n: int) -> Envelope:

@@ -19,8 +19,9 @@ from typing import Any
 
 from confluent_kafka import Consumer
 
-from benchmarks.common import bench_projection, make_kct
+from benchmarks.common import make_kct
 from connectors.kafka import KafkaRecordConsumer, KafkaSettings
+from tests.order_stats import order_stats
 from toolkit.dead_letter import DeadLetterQueue
 from toolkit.reader import EventReader
 
@@ -71,7 +72,7 @@ def projection_runner(
 ) -> None:
     """A kct ProjectionRunner, until ``stop``; reports its stats."""
     kct = make_kct(bootstrap, redis_url, "runner")
-    runner = kct.runner(bench_projection(name, [topic]), max_batch=max_batch)
+    runner = kct.runner(order_stats(name, [topic]), max_batch=max_batch)
 
     def body() -> dict[str, Any]:
         runner.run(stop)  # type: ignore[arg-type]  # duck-typed: only is_set() is used
@@ -145,7 +146,7 @@ def throughput(
     deadline = time.monotonic() + 600
 
     def run_runner() -> dict[str, Any]:
-        runner = kct.runner(bench_projection(group, [topic]), max_batch=max_batch)
+        runner = kct.runner(order_stats(group, [topic]), max_batch=max_batch)
         while runner.stats.applied + runner.stats.handler_errors < expected:
             runner.run_once()
             if time.monotonic() > deadline:

@@ -141,10 +141,11 @@ class KafkaAdmin:
 
     def partitions(self, topics: Iterable[str]) -> list[TopicPartition]:
         """Every partition of the topics; raises AdminError for a topic that does not exist."""
-        metadata = self._metadata()
         found: list[TopicPartition] = []
         for topic in topics:
-            described = metadata.topics.get(topic)
+            # Ask for this topic only: a whole-cluster metadata request grows
+            # with the number of topics, and waiters call this on every check.
+            described = self._metadata(topic).topics.get(topic)
             if described is None or described.error is not None:
                 raise AdminError("topic does not exist", topic=topic)
             found.extend(TopicPartition(topic, p) for p in sorted(described.partitions))

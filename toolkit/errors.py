@@ -77,6 +77,28 @@ class ConsistencyTimeout(ConsistencyError, TimeoutError):
     """
 
 
+class LockError(ConsistencyError):
+    """A strong aggregate's lock could not be taken or kept."""
+
+
+class LockTimeout(LockError, TimeoutError):
+    """The lock of an aggregate was not acquired in time (another holder kept it)."""
+
+
+class LockLost(LockError):
+    """The lock was lost (session expired or suspended too long) before the
+    operation committed; nothing of the operation was published."""
+
+
+class CoordinationError(ConnectorError):
+    """The lock service (ZooKeeper) failed or could not be reached."""
+
+
+class TransactionAborted(PublishError):
+    """A Kafka transaction was aborted: none of its records will be read by
+    ``read_committed`` consumers."""
+
+
 class ProjectionError(ToolkitError):
     """A projection runner cannot continue (its store or consumer keeps failing)."""
 
@@ -92,12 +114,17 @@ __all__ = [
     "ConsistencyError",
     "ConsistencyTimeout",
     "ConsumeError",
+    "CoordinationError",
     "InvalidToken",
+    "LockError",
+    "LockLost",
+    "LockTimeout",
     "ProjectionError",
     "PublishError",
     "SerializationError",
     "StackError",
     "StoreError",
     "ToolkitError",
+    "TransactionAborted",
     "UnknownSchema",
 ]

@@ -26,6 +26,8 @@ __all__ = [
     "EventCodec",
     "EventPositionIndex",
     "Headers",
+    "LockLease",
+    "LockService",
     "OffsetSource",
     "OutgoingRecord",
     "PositionListener",
@@ -261,3 +263,41 @@ class EventPositionIndex(Protocol):
     def record(self, entries: Sequence[tuple[str, Position]]) -> None: ...
 
     def lookup(self, event_id: str) -> Position | None: ...
+
+
+class LockLease(Protocol):
+    """The held lock of one aggregate and its fencing token."""
+
+    @property
+    def aggregate_id(self) -> str: ...
+
+    @property
+    def fence(self) -> int:
+        """Strictly greater than the fence of every earlier holder of this lock."""
+        ...
+
+    def is_held(self, timeout: float = 0.0) -> bool:
+        """True if the lock is still ours right now (asked of the server).
+
+        While the connection is suspended, waits up to ``timeout`` seconds for
+        it to come back; False once the session is lost or the node is gone.
+        """
+        ...
+
+    def release(self) -> None:
+        """Give the lock up (idempotent; never raises for a lost lock)."""
+        ...
+
+
+class LockService(Protocol):
+    """Mutual exclusion per aggregate, with fencing tokens."""
+
+    def acquire(self, aggregate_id: str, timeout: float) -> LockLease:
+        """Block until the lock of ``aggregate_id`` is ours.
+
+        Raises LockTimeout after ``timeout`` seconds, CoordinationError when
+        the service cannot be reached.
+        """
+        ...
+
+    def close(self) -> None: ...

@@ -84,6 +84,9 @@ class InMemoryConsumer:
     def rewind(self, offsets: Mapping[TopicPartition, int]) -> None:
         self.position.update(offsets)
 
+    def positions(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        return {tp: self.position[tp] for tp in partitions if tp in self.position}
+
     def close(self) -> None:
         pass
 

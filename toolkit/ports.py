@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import Any, Literal, NamedTuple, Protocol
 
 from toolkit.positions import Position, TopicPartition
@@ -36,7 +37,9 @@ __all__ = [
     "ReadModelStore",
     "RecordConsumer",
     "RecordProducer",
+    "RecordTransaction",
     "RevokeCallback",
+    "TransactionalProducer",
 ]
 
 Headers = tuple[tuple[str, bytes], ...]
@@ -117,6 +120,49 @@ class RecordProducer(Protocol):
     def close(self) -> None: ...
 
 
+class RecordTransaction(Protocol):
+    """An open Kafka transaction: all of its records become visible at commit, or none."""
+
+    def produce(self, records: Sequence[OutgoingRecord]) -> list[Position]:
+        """Write records into the transaction; their positions once acknowledged.
+
+        Raises TransactionAborted (the transaction was aborted) on failure.
+        """
+        ...
+
+    def send_offsets(self, offsets: Mapping[TopicPartition, int], group_metadata: Any) -> None:
+        """Commit a consumer group's offsets atomically with the records."""
+        ...
+
+    def commit(self) -> None:
+        """Commit. Raises TransactionAborted (nothing visible) or PublishError
+        with context ``outcome="unknown"``."""
+        ...
+
+    def abort(self) -> None:
+        """Abort (idempotent)."""
+        ...
+
+    def __enter__(self) -> RecordTransaction: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Abort unless committed."""
+        ...
+
+
+class TransactionalProducer(Protocol):
+    """Starts transactions, one at a time."""
+
+    def begin(self) -> RecordTransaction: ...
+
+    def close(self) -> None: ...
+
+
 # A start offset an assignment callback may return: read the partition from its start.
 FROM_BEGINNING = -2
 
@@ -154,6 +200,11 @@ class RecordConsumer(Protocol):
         """Make the next poll read these partitions again from these offsets."""
         ...
 
+    def positions(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        """Next offset to read per partition, past transaction markers and aborted
+        records; partitions without a known position are absent."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -164,8 +215,12 @@ class OffsetSource(Protocol):
         """Committed (next-to-read) offsets of ``group``; partitions without one are absent."""
         ...
 
-    def end_offsets(self, topics: Iterable[str]) -> dict[TopicPartition, int]:
-        """The offset the next committed record of each partition will get."""
+    def end_offsets(
+        self, topics: Iterable[str], *, include_open_transactions: bool = False
+    ) -> dict[TopicPartition, int]:
+        """The offset after the last committed record of each partition (the last
+        stable offset); with ``include_open_transactions``, after the last record
+        written, decided or not (the high watermark)."""
         ...
 
 

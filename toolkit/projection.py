@@ -20,6 +20,11 @@ anywhere (between apply and commit included) neither loses nor double-applies
 an event: effectively-once read models. The Kafka committed offset, the
 projection's public position, only ever moves to offsets already applied.
 
+Strong writes carry a fencing token (``fence`` header). The runner keeps the
+highest fence applied per aggregate in the read model and rejects an event
+whose fence is older (a lock holder that lost its lock and wrote anyway):
+counted in ``stats.fence_rejected`` and dead-lettered as ``stale_fence``.
+
 Failure modes: a handler that raises on an event dead-letters that event
 (reason ``handler_error``) with nothing of it applied, and the runner moves
 on. A store that keeps failing raises ``ProjectionError`` after bounded
@@ -50,7 +55,23 @@ from toolkit.positions import TopicPartition
 from toolkit.read_model import ReadModelBatch
 from toolkit.reader import EventReader
 
-__all__ = ["Handler", "Projection", "ProjectionRunner", "RunnerStats"]
+__all__ = [
+    "FENCE_KEY_PREFIX",
+    "Handler",
+    "Projection",
+    "ProjectionRunner",
+    "RunnerStats",
+    "fence_key",
+]
+
+# Read-model keys under this prefix belong to the toolkit, not to handlers.
+FENCE_KEY_PREFIX = "__kct.fence/"
+
+
+def fence_key(aggregate_type: str, aggregate_id: str) -> str:
+    """Where a projection keeps the highest fence it applied for an aggregate."""
+    return f"{FENCE_KEY_PREFIX}{aggregate_type}/{aggregate_id}"
+
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +115,7 @@ class RunnerStats:
     applied: int = 0
     skipped_already_applied: int = 0
     handler_errors: int = 0
+    fence_rejected: int = 0
     batches: int = 0
     ownership_lost: int = 0
     commit_failures: int = 0
@@ -175,9 +197,16 @@ class ProjectionRunner:
     def run_once(self) -> int:
         """One poll-apply-store-commit cycle; returns how many events were applied."""
         events = self._reader.poll(self._max_batch, self._poll_timeout)
+        pending = self._reader.pending_offsets
+        # The consumer's position also moves past transaction markers and
+        # aborted records: store and commit it, or a projection would stay one
+        # offset short of the log end after every transaction.
+        for tp, position in self._reader.positions(list(self._stored)).items():
+            if position > pending.get(tp, -1):
+                pending[tp] = position
         polled = {
             tp: offset
-            for tp, offset in self._reader.pending_offsets.items()
+            for tp, offset in pending.items()
             if tp in self._stored and offset > (self._stored[tp] or 0)
         }
         applied = 0
@@ -198,6 +227,8 @@ class ProjectionRunner:
             already = self._stored[tp]
             if already is not None and event.position.offset < already:
                 self.stats.skipped_already_applied += 1
+                continue
+            if event.envelope.fence is not None and not self._admit_fence(event, batch):
                 continue
             handler = self.projection.handler_for(event.envelope.event_type)
             if handler is None:
@@ -222,6 +253,41 @@ class ProjectionRunner:
             applied += 1
         self.stats.applied += applied
         return applied
+
+    def _admit_fence(self, event: ConsumedEvent, batch: ReadModelBatch) -> bool:
+        """Apply a strong write only if no newer lock holder has written its aggregate.
+
+        The highest fence applied per aggregate is kept in the read model
+        itself, so it is stored atomically with the offsets (a replay decides
+        the same way). A stale holder's event is dead-lettered (``stale_fence``).
+        """
+        envelope = event.envelope
+        assert envelope.fence is not None
+        key = fence_key(envelope.aggregate_type, envelope.aggregate_id)
+        seen = batch.get(key)
+        highest = int(seen["fence"]) if seen is not None else -1
+        if envelope.fence >= highest:
+            if envelope.fence > highest:
+                batch.put(key, {"fence": envelope.fence})
+            return True
+        self.stats.fence_rejected += 1
+        if event.record is not None:
+            self._dead_letters.send(
+                event.record,
+                "stale_fence",
+                f"fence {envelope.fence} < {highest} already applied for "
+                f"{envelope.aggregate_type}/{envelope.aggregate_id}",
+            )
+        log.warning(
+            "%s: rejected %s of %s/%s: fence %d older than %d",
+            self.projection.name,
+            event.position,
+            envelope.aggregate_type,
+            envelope.aggregate_id,
+            envelope.fence,
+            highest,
+        )
+        return False
 
     def _store_batch(self, batch: ReadModelBatch, offsets: Mapping[TopicPartition, int]) -> None:
         expected = {tp: self._stored.get(tp) for tp in offsets}

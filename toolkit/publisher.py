@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from toolkit.envelope import Envelope, encode_envelope
 from toolkit.errors import ConnectorError
 from toolkit.hlc import HybridLogicalClock
-from toolkit.ports import EventCodec, EventPositionIndex, RecordProducer
+from toolkit.ports import EventCodec, EventPositionIndex, RecordProducer, RecordTransaction
 from toolkit.positions import ConsistencyToken, Position
 
 __all__ = ["EventPublisher", "PublishedEvent"]
@@ -73,13 +73,40 @@ class EventPublisher:
             records.append(record)
         positions = self._producer.produce(records)
         published = [PublishedEvent(e, p) for e, p in zip(stamped, positions, strict=True)]
-        if self._index is not None:
-            try:
-                self._index.record([(p.envelope.event_id, p.position) for p in published])
-            except ConnectorError as exc:
-                # The events are written; only waiting by event id is affected.
-                log.warning("event-position index not updated: %s", exc)
+        self.index(published)
         return published
+
+    def publish_in(
+        self,
+        transaction: RecordTransaction,
+        topic: str,
+        events: Sequence[Envelope],
+        *,
+        fence: int | None = None,
+    ) -> list[PublishedEvent]:
+        """Write events into an open transaction, stamped with ``fence``.
+
+        They are invisible to ``read_committed`` readers until the transaction
+        commits; call :meth:`index` after the commit.
+        """
+        stamped, records = [], []
+        for event in events:
+            fenced = event if fence is None else event.with_changes(fence=fence)
+            envelope, record = encode_envelope(topic, fenced, self._codec, self._clock.now())
+            stamped.append(envelope)
+            records.append(record)
+        positions = transaction.produce(records)
+        return [PublishedEvent(e, p) for e, p in zip(stamped, positions, strict=True)]
+
+    def index(self, published: Sequence[PublishedEvent]) -> None:
+        """Record the events' positions by id (for waits by event id); never raises."""
+        if self._index is None or not published:
+            return
+        try:
+            self._index.record([(p.envelope.event_id, p.position) for p in published])
+        except ConnectorError as exc:
+            # The events are written; only waiting by event id is affected.
+            log.warning("event-position index not updated: %s", exc)
 
     @staticmethod
     def token_of(published: Sequence[PublishedEvent]) -> ConsistencyToken:

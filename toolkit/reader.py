@@ -99,6 +99,10 @@ class EventReader:
         (dead-lettered records included)."""
         return dict(self._pending)
 
+    def positions(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        """The consumer's next offsets, past transaction markers (see RecordConsumer)."""
+        return self._consumer.positions(partitions)
+
     def forget(self, partitions: Iterable[TopicPartition]) -> None:
         """Drop pending offsets of partitions this member no longer owns."""
         for tp in partitions:

@@ -169,17 +169,26 @@ class KafkaAdmin:
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
 
-    def end_offsets(self, topics: Iterable[str]) -> dict[TopicPartition, int]:
+    def end_offsets(
+        self, topics: Iterable[str], *, include_open_transactions: bool = False
+    ) -> dict[TopicPartition, int]:
         wanted = list(topics)
-        return self._retrying(lambda: self._end_offsets(wanted))
+        isolation = (
+            IsolationLevel.READ_UNCOMMITTED
+            if include_open_transactions
+            else IsolationLevel.READ_COMMITTED
+        )
+        return self._retrying(lambda: self._end_offsets(wanted, isolation))
 
-    def _end_offsets(self, topics: list[str]) -> dict[TopicPartition, int]:
+    def _end_offsets(
+        self, topics: list[str], isolation: IsolationLevel
+    ) -> dict[TopicPartition, int]:
         tps = self.partitions(topics)
         if not tps:
             return {}
         futures = self._admin.list_offsets(
             {KafkaTopicPartition(tp.topic, tp.partition): _LATEST for tp in tps},
-            isolation_level=IsolationLevel.READ_COMMITTED,
+            isolation_level=isolation,
             request_timeout=self._timeout,
         )
         offsets: dict[TopicPartition, int] = {}

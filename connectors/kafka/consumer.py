@@ -157,6 +157,22 @@ class KafkaRecordConsumer:
                     f"seek failed: {exc.args[0].str()}", group=self.group_id, partition=str(tp)
                 ) from exc
 
+    def positions(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        # librdkafka moves the position past transaction markers and aborted
+        # records, which no returned record's offset + 1 ever does.
+        if not partitions:
+            return {}
+        wanted = [KafkaTopicPartition(tp.topic, tp.partition) for tp in partitions]
+        try:
+            found = self._consumer.position(wanted)
+        except KafkaException as exc:
+            raise ConsumeError(f"position failed: {exc.args[0]}", group=self.group_id) from exc
+        return {
+            TopicPartition(p.topic, p.partition): p.offset
+            for p in found
+            if p.error is None and p.offset >= 0
+        }
+
     def assignment(self) -> list[TopicPartition]:
         return [TopicPartition(p.topic, p.partition) for p in self._consumer.assignment()]
 

@@ -31,7 +31,7 @@ from toolkit.positions import Position
 __all__ = ["KafkaRecordProducer"]
 
 
-class _Batch:
+class DeliveryBatch:
     """Delivery reports of one produce() call."""
 
     def __init__(self, size: int) -> None:
@@ -96,7 +96,7 @@ class KafkaRecordProducer:
     def produce(self, records: Sequence[OutgoingRecord]) -> list[Position]:
         if self._closed.is_set():
             raise PublishError("producer is closed")
-        batch = _Batch(len(records))
+        batch = DeliveryBatch(len(records))
         deadline = time.monotonic() + self._delivery_timeout + 5
         for index, record in enumerate(records):
             self._enqueue(record, batch.callback(index), deadline)

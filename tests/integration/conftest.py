@@ -20,6 +20,7 @@ import pytest
 from connectors.avro import AvroCodec, AvroSchemaRegistry, bundled_schema_dir
 from connectors.kafka import KafkaAdmin, KafkaRecordProducer, KafkaSettings
 from connectors.redis import RedisSettings
+from connectors.zookeeper import ZooKeeperSettings
 from toolkit.dead_letter import dead_letter_topic
 from toolkit.runtime.app import Kct, KctSettings
 from toolkit.runtime.stack import LocalStack
@@ -111,14 +112,34 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 @pytest.fixture
-def kct(endpoints: Endpoints) -> Iterator[Kct]:
-    """The composition root wired to the real stack."""
-    app = Kct(
-        KctSettings(
-            kafka=KafkaSettings(bootstrap_servers=endpoints.kafka_bootstrap, client_id="kct-tests"),
-            redis=RedisSettings(url=endpoints.redis_url),
-            node_id=f"test-{uuid.uuid4().hex[:6]}",
+def make_kct(endpoints: Endpoints) -> Iterator[Callable[[], Kct]]:
+    """Makes composition roots wired to the real stack (one per simulated process:
+    own node id, ZooKeeper session and transactional producer); closes them all."""
+    made: list[Kct] = []
+    lock_root = f"/kct-test/{uuid.uuid4().hex[:10]}"
+
+    def make() -> Kct:
+        app = Kct(
+            KctSettings(
+                kafka=KafkaSettings(
+                    bootstrap_servers=endpoints.kafka_bootstrap, client_id="kct-tests"
+                ),
+                redis=RedisSettings(url=endpoints.redis_url),
+                zookeeper=ZooKeeperSettings(
+                    hosts=endpoints.zookeeper_hosts, lock_root=lock_root, session_timeout=6.0
+                ),
+                node_id=f"test-{uuid.uuid4().hex[:6]}",
+            )
         )
-    )
-    yield app
-    app.close()
+        made.append(app)
+        return app
+
+    yield make
+    for app in made:
+        app.close()
+
+
+@pytest.fixture
+def kct(make_kct: Callable[[], Kct]) -> Kct:
+    """The composition root wired to the real stack."""
+    return make_kct()

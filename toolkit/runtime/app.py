@@ -18,6 +18,7 @@ from pathlib import Path
 
 from connectors.avro import AvroCodec, AvroSchemaRegistry, bundled_schema_dir
 from connectors.kafka import KafkaAdmin, KafkaRecordConsumer, KafkaRecordProducer, KafkaSettings
+from connectors.kafka.transactions import KafkaTransactionalProducer
 from connectors.redis import (
     RedisEventPositionIndex,
     RedisPositionListener,
@@ -25,6 +26,8 @@ from connectors.redis import (
     RedisReadModelStore,
     RedisSettings,
 )
+from connectors.zookeeper import ZooKeeperLockService, ZooKeeperSettings
+from toolkit.boundary import ConsistencyBoundary, ConsistencyPolicy, OperationContext
 from toolkit.consistency import EventualConsistencyManager, ReadAfterWrite
 from toolkit.dead_letter import DeadLetterQueue
 from toolkit.hlc import HybridLogicalClock
@@ -46,12 +49,17 @@ class KctSettings:
 
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
     redis: RedisSettings = field(default_factory=RedisSettings)
+    zookeeper: ZooKeeperSettings = field(default_factory=ZooKeeperSettings)
     node_id: str = field(default_factory=_default_node_id)
     schema_dirs: tuple[Path, ...] = ()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> KctSettings:
-        return cls(kafka=KafkaSettings.from_env(environ), redis=RedisSettings.from_env(environ))
+        return cls(
+            kafka=KafkaSettings.from_env(environ),
+            redis=RedisSettings.from_env(environ),
+            zookeeper=ZooKeeperSettings.from_env(environ),
+        )
 
 
 class Kct:
@@ -72,6 +80,15 @@ class Kct:
     @cached_property
     def producer(self) -> KafkaRecordProducer:
         return KafkaRecordProducer(self.settings.kafka)
+
+    @cached_property
+    def transactions(self) -> KafkaTransactionalProducer:
+        """This process's transactional producer (its id is unique to this node)."""
+        return KafkaTransactionalProducer(self.settings.kafka, f"kct-{self.settings.node_id}")
+
+    @cached_property
+    def locks(self) -> ZooKeeperLockService:
+        return ZooKeeperLockService(self.settings.zookeeper, identifier=self.settings.node_id)
 
     @cached_property
     def admin(self) -> KafkaAdmin:
@@ -108,6 +125,25 @@ class Kct:
     def read_after_write(self, projections: Sequence[str], timeout: float = 5.0) -> ReadAfterWrite:
         return ReadAfterWrite(self.consistency, projections, timeout)
 
+    def boundary(
+        self,
+        policy: ConsistencyPolicy,
+        topics: Mapping[str, str],
+        *,
+        before_commit: Callable[[OperationContext], None] | None = None,
+    ) -> ConsistencyBoundary:
+        """A consistency boundary; ``topics`` maps aggregate types to their topics."""
+        return ConsistencyBoundary(
+            policy,
+            self.publisher,
+            topics,
+            locks=self.locks,
+            transactions=self.transactions,
+            consistency=self.consistency,
+            offsets=self.admin,
+            before_commit=before_commit,
+        )
+
     def runner(
         self,
         projection: Projection,
@@ -135,6 +171,10 @@ class Kct:
             self.listener.close()
         if "producer" in self.__dict__:
             self.producer.close()
+        if "transactions" in self.__dict__:
+            self.transactions.close()
+        if "locks" in self.__dict__:
+            self.locks.close()
         for name in ("store", "notifier", "index"):
             if name in self.__dict__:
                 self.__dict__[name].close()

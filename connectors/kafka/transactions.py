@@ -1,0 +1,314 @@
+"""Kafka transactions, implementing the ``TransactionalProducer`` port.
+
+``KafkaTransactionalProducer`` owns one transactional librdkafka producer
+(``transactional.id`` unique per process: Kafka fences an older instance with
+the same id). It runs one transaction at a time; :meth:`begin` blocks while
+another thread's transaction is open. Inside a :class:`KafkaTransaction`,
+``produce`` returns each record's position once the broker acknowledged it
+(the records stay invisible to ``read_committed`` readers until commit), and
+``send_offsets`` adds a consumer group's offsets to the transaction.
+
+Error classes, as librdkafka defines them, each handled here:
+
+* an error that ``txn_requires_abort()`` (a record rejected, the transaction
+  timed out on the broker): the transaction is aborted and
+  ``TransactionAborted`` raised; nothing of it is visible;
+* a retriable error on commit (a timeout, a coordinator moving): commit is
+  retried a bounded number of times; if it still fails the outcome is
+  unknown, so the producer is re-created (``init_transactions`` makes the
+  broker finish or abort the old transaction before any new one can start:
+  a late commit marker can never commit a later transaction) and
+  ``PublishError(outcome="unknown")`` is raised;
+* a fatal error (fenced by a newer instance, ...): the producer is re-created
+  and ``PublishError`` raised.
+
+A transaction left open (its context manager exited without commit) is
+aborted.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import TopicPartition as KafkaTopicPartition
+
+from connectors.kafka.producer import DeliveryBatch
+from connectors.kafka.settings import KafkaSettings
+from toolkit.errors import PublishError, TransactionAborted
+from toolkit.ports import OutgoingRecord
+from toolkit.positions import Position, TopicPartition
+
+__all__ = ["KafkaTransaction", "KafkaTransactionalProducer"]
+
+log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+
+def _kafka_error(exc: KafkaException) -> KafkaError:
+    error = exc.args[0]
+    if isinstance(error, KafkaError):
+        return error
+    return KafkaError(KafkaError._FAIL, str(error))
+
+
+class KafkaTransactionalProducer:
+    """One transactional producer; one open transaction at a time."""
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        transactional_id: str,
+        *,
+        transaction_timeout_ms: int = 15_000,
+        operation_timeout: float = 10.0,
+        commit_attempts: int = 3,
+        linger_ms: int = 1,
+    ) -> None:
+        if not transactional_id:
+            raise ValueError("a transactional producer needs a transactional_id")
+        self.transactional_id = transactional_id
+        self._config = settings.client_config(**{"linger.ms": linger_ms})
+        self._config.update(
+            {
+                "transactional.id": transactional_id,
+                "transaction.timeout.ms": transaction_timeout_ms,
+                "enable.idempotence": True,
+                "acks": "all",
+            }
+        )
+        self._timeout = operation_timeout
+        self._commit_attempts = commit_attempts
+        # One transaction at a time: held from begin() until commit or abort.
+        self._turn = threading.Lock()
+        self._closed = threading.Event()
+        self._producer = self._new_producer()
+        self._poller = threading.Thread(
+            target=self._serve_delivery_reports, name="kct-txn-poller", daemon=True
+        )
+        self._poller.start()
+
+    def _new_producer(self) -> Producer:
+        try:
+            producer = Producer(self._config)
+        except KafkaException as exc:
+            raise PublishError(f"invalid producer configuration: {exc.args[0]}") from exc
+        try:
+            producer.init_transactions(self._timeout)
+        except KafkaException as exc:
+            error = _kafka_error(exc)
+            raise PublishError(
+                f"cannot initialise transactions: {error.str()}",
+                transactional_id=self.transactional_id,
+                code=error.name(),
+            ) from exc
+        return producer
+
+    def reinitialise(self) -> None:
+        """Replace the producer (after a fatal or indefinite error)."""
+        log.warning("re-initialising transactional producer %s", self.transactional_id)
+        # The old instance is dropped: the new one's init_transactions fences it.
+        self._producer = self._new_producer()
+
+    def _serve_delivery_reports(self) -> None:
+        while not self._closed.is_set():
+            try:
+                self._producer.poll(0.1)
+            except KafkaException as exc:  # fatal: the next call reports it
+                log.debug("transactional poll: %s", exc)
+                time.sleep(0.1)
+
+    @property
+    def producer(self) -> Producer:
+        return self._producer
+
+    def begin(self) -> KafkaTransaction:
+        """Start a transaction (waits for the current one, if any, to end)."""
+        if self._closed.is_set():
+            raise PublishError("producer is closed", transactional_id=self.transactional_id)
+        if not self._turn.acquire(timeout=self._timeout * 3):
+            raise PublishError(
+                "another transaction of this producer stayed open",
+                transactional_id=self.transactional_id,
+            )
+        try:
+            self._call("begin_transaction", self._producer.begin_transaction)
+        except BaseException:
+            self._turn.release()
+            raise
+        return KafkaTransaction(self)
+
+    def _call(self, what: str, call: Callable[[], _T]) -> _T:
+        """Run a transactional call, translating its error classes."""
+        try:
+            return call()
+        except KafkaException as exc:
+            error = _kafka_error(exc)
+            if error.fatal():
+                self.reinitialise()
+                raise PublishError(
+                    f"{what} failed fatally: {error.str()}",
+                    transactional_id=self.transactional_id,
+                    code=error.name(),
+                ) from exc
+            raise
+
+    def _end(self) -> None:
+        self._turn.release()
+
+    def close(self, timeout: float = 10.0) -> None:
+        if self._closed.is_set():
+            return
+        try:
+            self._producer.flush(timeout)
+        finally:
+            self._closed.set()
+            self._poller.join(timeout=1)
+
+
+class KafkaTransaction:
+    """An open transaction; use as a context manager (exit without commit aborts)."""
+
+    def __init__(self, owner: KafkaTransactionalProducer) -> None:
+        self._owner = owner
+        self._done = False
+
+    def __enter__(self) -> KafkaTransaction:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if not self._done:
+            self.abort()
+
+    def _check_open(self) -> None:
+        if self._done:
+            raise PublishError("transaction already ended")
+
+    def produce(self, records: Sequence[OutgoingRecord]) -> list[Position]:
+        """Write records into the transaction; returns their positions once acknowledged."""
+        self._check_open()
+        producer = self._owner.producer
+        batch = DeliveryBatch(len(records))
+        deadline = time.monotonic() + self._owner._timeout * 3
+        for index, record in enumerate(records):
+            while True:
+                try:
+                    producer.produce(
+                        record.topic,
+                        value=record.value,
+                        key=record.key,
+                        headers=list(record.headers),
+                        on_delivery=batch.callback(index),
+                    )
+                    break
+                except BufferError:
+                    if time.monotonic() > deadline:
+                        self._fail("local producer queue stayed full", record.topic)
+                    producer.poll(0.05)
+                except KafkaException as exc:
+                    self._fail(f"record not accepted: {_kafka_error(exc).str()}", record.topic)
+        if not batch.done.wait(max(0.0, deadline - time.monotonic())):
+            self._fail("records not acknowledged in time", records[0].topic if records else None)
+        if batch.errors:
+            index, error = batch.errors[0]
+            self._fail(f"Kafka rejected the record: {error.str()}", records[index].topic)
+        return [p for p in batch.positions if p is not None]
+
+    def send_offsets(self, offsets: Mapping[TopicPartition, int], group_metadata: Any) -> None:
+        """Commit a consumer group's offsets as part of this transaction."""
+        self._check_open()
+        wanted = [KafkaTopicPartition(tp.topic, tp.partition, o) for tp, o in offsets.items()]
+        timeout = self._owner._timeout
+        try:
+            self._owner._call(
+                "send_offsets_to_transaction",
+                lambda: self._owner.producer.send_offsets_to_transaction(
+                    wanted, group_metadata, timeout
+                ),
+            )
+        except KafkaException as exc:
+            self._fail(f"offsets not added: {_kafka_error(exc).str()}", None)
+
+    def _fail(self, reason: str, topic: str | None) -> None:
+        """Abort and raise: nothing of this transaction becomes visible."""
+        self.abort()
+        raise TransactionAborted(
+            f"transaction aborted: {reason}",
+            topic=topic,
+            transactional_id=self._owner.transactional_id,
+        )
+
+    def commit(self) -> None:
+        """Commit; raises TransactionAborted (nothing visible) or PublishError
+        with ``outcome="unknown"`` (the producer was re-created)."""
+        self._check_open()
+        owner = self._owner
+        try:
+            for attempt in range(1, owner._commit_attempts + 1):
+                try:
+                    owner._call(
+                        "commit_transaction",
+                        lambda: owner.producer.commit_transaction(owner._timeout),
+                    )
+                    return
+                except KafkaException as exc:
+                    error = _kafka_error(exc)
+                    if error.txn_requires_abort():
+                        self._abort_quietly()
+                        raise TransactionAborted(
+                            f"transaction aborted on commit: {error.str()}",
+                            transactional_id=owner.transactional_id,
+                            code=error.name(),
+                        ) from exc
+                    if error.retriable() and attempt < owner._commit_attempts:
+                        log.warning("commit of %s: %s, retrying", owner.transactional_id, error)
+                        continue
+                    owner.reinitialise()
+                    raise PublishError(
+                        f"transaction outcome unknown: {error.str()}",
+                        transactional_id=owner.transactional_id,
+                        code=error.name(),
+                        outcome="unknown",
+                    ) from exc
+        finally:
+            self._finish()
+
+    def abort(self) -> None:
+        """Abort (idempotent)."""
+        if self._done:
+            return
+        try:
+            self._abort_quietly()
+        finally:
+            self._finish()
+
+    def _abort_quietly(self) -> None:
+        owner = self._owner
+        for attempt in range(1, owner._commit_attempts + 1):
+            try:
+                owner.producer.abort_transaction(owner._timeout)
+                return
+            except KafkaException as exc:
+                error = _kafka_error(exc)
+                if error.retriable() and attempt < owner._commit_attempts:
+                    continue
+                # Unknown state: a fresh producer aborts it on the broker.
+                log.warning("abort of %s failed (%s)", owner.transactional_id, error)
+                owner.reinitialise()
+                return
+
+    def _finish(self) -> None:
+        if not self._done:
+            self._done = True
+            self._owner._end()

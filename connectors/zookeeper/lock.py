@@ -1,0 +1,359 @@
+"""Per-aggregate locks on ZooKeeper with fencing tokens (the ``LockService`` port).
+
+Guarantee: mutual exclusion per aggregate comes from kazoo's ``Lock`` recipe:
+each ``acquire`` creates an ephemeral sequential contender node under
+``{lock_root}/{quoted aggregate id}`` and holds the lock while its node is the
+lowest. This holds between processes and between threads of one process.
+The lease's ``fence`` is the creation zxid (``czxid``) of its contender node:
+zxids grow with every write to the ensemble and a holder's node is older than
+every later holder's, so each new holder of an aggregate's lock gets a fence
+strictly greater than every earlier holder's. Storage that rejects writes
+with a fence lower than one it has seen stays safe even when a paused or
+partitioned ex-holder still believes it holds the lock.
+
+Failure modes:
+
+* ``acquire`` raises ``LockTimeout`` when another holder keeps the lock for
+  ``timeout`` seconds (the contender node is removed, nothing is left queued),
+  and ``CoordinationError`` (naming ``hosts``, never credentials) when no
+  session is established within ``connect_timeout``, when the connection is
+  down, or when ZooKeeper refuses (e.g. an ACL denies this identity).
+  A connection that drops in the middle of ``acquire`` or ``release`` may make
+  them wait until kazoo reconnects or finds the session expired.
+* A lease is lost with its session (kazoo's ``LOST`` state). ``is_held`` asks
+  the server and answers False, without raising, whenever the lease cannot be
+  proven ours right now; after ``LOST`` or once its node is gone it answers
+  False forever. Kazoo opens a new session by itself after an expiry, and the
+  service keeps serving new acquires on it.
+* ``release`` is idempotent and never raises for a lost session or a dropped
+  connection (a suspended connection gets the delete queued for when it
+  returns; an expired session has already removed the node).
+
+Each aggregate's (empty) lock node stays under ``lock_root`` after release.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote
+
+from kazoo.client import KazooClient
+from kazoo.exceptions import CancelledError, KazooException, NoAuthError
+from kazoo.exceptions import LockTimeout as KazooLockTimeout
+from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.protocol.states import KazooState
+from kazoo.recipe.lock import Lock
+from kazoo.security import make_digest_acl
+
+from connectors.zookeeper.settings import ZooKeeperSettings
+from toolkit.errors import ConfigurationError, CoordinationError, LockLost, LockTimeout
+
+__all__ = ["ZooKeeperLease", "ZooKeeperLockService"]
+
+_log = logging.getLogger(__name__)
+
+# Reconnect warnings and session chatter are expected (that is what the state
+# listener reports); kazoo's errors, such as a failing listener, still show.
+_kazoo_log = logging.getLogger(__name__ + ".kazoo")
+_kazoo_log.setLevel(logging.ERROR)
+
+# Reconnect forever, at least once a second, so short outages keep the session.
+_CONNECTION_RETRY: dict[str, Any] = {"max_tries": -1, "delay": 0.1, "max_delay": 1.0}
+# Bounded retries for kazoo's own commands (the recipe's release).
+_COMMAND_RETRY: dict[str, Any] = {"max_tries": 3, "delay": 0.1, "max_delay": 1.0}
+
+_ZK_ERRORS = (KazooException, KazooTimeoutError)
+
+
+def _node_name(aggregate_id: str) -> str:
+    """The aggregate id as one safe znode name (``/`` and odd characters quoted)."""
+    if not aggregate_id:
+        raise ConfigurationError("an aggregate id must not be empty")
+    name = quote(aggregate_id, safe="")
+    if name in {".", ".."}:  # reserved znode names
+        name = name.replace(".", "%2E")
+    return name
+
+
+class ZooKeeperLease:
+    """The held lock of one aggregate; ``fence`` orders it after every earlier holder."""
+
+    def __init__(
+        self, service: ZooKeeperLockService, lock: Lock, aggregate_id: str, fence: int, owner: int
+    ) -> None:
+        self._service = service
+        self._lock = lock
+        self._aggregate_id = aggregate_id
+        self._fence = fence
+        self._owner = owner  # the session that owns the contender node
+        self._node_path = f"{lock.path}/{lock.node}"
+        self._released = False
+        self._lost = False
+        self._mutex = threading.Lock()
+
+    @property
+    def aggregate_id(self) -> str:
+        return self._aggregate_id
+
+    @property
+    def fence(self) -> int:
+        """Strictly greater than the fence of every earlier holder of this lock."""
+        return self._fence
+
+    @property
+    def node_path(self) -> str:
+        """The contender node that holds the lock (ephemeral, owned by our session)."""
+        return self._node_path
+
+    def is_held(self, timeout: float = 0.0) -> bool:
+        """True if ZooKeeper confirms right now that our session owns the lock node.
+
+        While the connection is suspended, waits up to ``timeout`` seconds for
+        it to come back, then asks. Never raises for connection problems.
+        """
+        if self._released or self._lost:
+            return False
+        deadline = time.monotonic() + max(timeout, 0.0)
+        if not self._service._await_connected(deadline, self):
+            return False
+        wait = max(deadline - time.monotonic(), self._service.settings.connect_timeout)
+        client = self._lock.client
+        try:
+            stat = client.exists_async(self._node_path).get(timeout=wait)
+            session = client.client_id
+        except _ZK_ERRORS as exc:
+            _log.debug("lock check of %s failed: %r", self._node_path, exc)
+            return False
+        if session is None:  # disconnected meanwhile: unknown, not lost
+            return False
+        if stat is None or stat.ephemeralOwner != self._owner or session[0] != self._owner:
+            self._mark_lost()
+            return False
+        return not self._released
+
+    def release(self) -> None:
+        """Give the lock up (idempotent; never raises for a lost lock)."""
+        with self._mutex:
+            if self._released:
+                return
+            self._released = True
+        self._service._forget(self)
+        if self._lost:
+            _log.debug("lease of %r was already lost with its session", self._aggregate_id)
+            return
+        self._service._release_lock(self._lock, self._node_path)
+
+    def _mark_lost(self) -> None:
+        self._lost = True
+
+    def __enter__(self) -> ZooKeeperLease:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        return f"ZooKeeperLease(aggregate_id={self._aggregate_id!r}, fence={self._fence})"
+
+
+class ZooKeeperLockService:
+    """Mutual exclusion per aggregate on one ZooKeeper session, with fencing tokens."""
+
+    def __init__(
+        self, settings: ZooKeeperSettings | None = None, *, identifier: str | None = None
+    ) -> None:
+        self.settings = settings if settings is not None else ZooKeeperSettings()
+        # Written into contender nodes, to see who holds or waits (Lock.contenders()).
+        self._identifier = identifier or f"{socket.gethostname()}:{os.getpid()}"
+        self._start_lock = threading.Lock()
+        self._changed = threading.Condition()
+        self._client: KazooClient | None = None
+        self._state: str = KazooState.LOST
+        self._leases: set[ZooKeeperLease] = set()
+        self._closed = False
+
+    @property
+    def client(self) -> KazooClient:
+        """The service's started kazoo client (started on first use)."""
+        return self._started_client()
+
+    def lock_path(self, aggregate_id: str) -> str:
+        """The znode under which contenders for ``aggregate_id``'s lock queue."""
+        return f"{self.settings.lock_root}/{_node_name(aggregate_id)}"
+
+    def acquire(self, aggregate_id: str, timeout: float) -> ZooKeeperLease:
+        """Block until the lock of ``aggregate_id`` is ours, for up to ``timeout`` seconds.
+
+        Raises LockTimeout when another holder keeps it, CoordinationError when
+        ZooKeeper cannot be reached within ``connect_timeout`` or refuses.
+        """
+        path = self.lock_path(aggregate_id)
+        timeout = max(timeout, 0.0)
+        client = self._connected_client()
+        lock = client.Lock(path, self._identifier)
+        # kazoo restarts its wait for each new predecessor: cancel at our deadline.
+        deadline = threading.Timer(timeout, lock.cancel)
+        deadline.daemon = True
+        deadline.start()
+        try:
+            acquired = bool(lock.acquire(timeout=timeout))
+        except (KazooLockTimeout, CancelledError):
+            acquired = False  # the recipe removed our contender node
+        except NoAuthError as exc:
+            raise self._error("ZooKeeper denied access to the lock", aggregate_id) from exc
+        except _ZK_ERRORS as exc:
+            raise self._error("ZooKeeper failed while acquiring the lock", aggregate_id) from exc
+        finally:
+            deadline.cancel()
+        if not acquired:
+            if self._state != KazooState.CONNECTED:
+                raise self._error("ZooKeeper connection lost while acquiring", aggregate_id)
+            raise LockTimeout("lock not acquired in time", aggregate=aggregate_id, timeout=timeout)
+        return self._lease(lock, aggregate_id)
+
+    def close(self) -> None:
+        """Release every live lease and end the session."""
+        with self._start_lock:
+            if self._closed:
+                return
+            self._closed = True
+            client = self._client
+        with self._changed:
+            leases = list(self._leases)
+        for lease in leases:
+            lease.release()
+        if client is not None:
+            client.stop()
+            client.close()
+            client.remove_listener(self._on_state)
+
+    def __enter__(self) -> ZooKeeperLockService:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- session -----------------------------------------------------------
+
+    def _started_client(self) -> KazooClient:
+        with self._start_lock:
+            if self._closed:
+                raise CoordinationError("the lock service is closed", hosts=self.settings.hosts)
+            if self._client is None:
+                client = self._new_client()
+                client.add_listener(self._on_state)
+                try:
+                    client.start(timeout=self.settings.connect_timeout)
+                except (*_ZK_ERRORS, OSError) as exc:  # start() has stopped the client
+                    client.remove_listener(self._on_state)
+                    raise CoordinationError(
+                        "no ZooKeeper session within connect_timeout",
+                        hosts=self.settings.hosts,
+                        connect_timeout=self.settings.connect_timeout,
+                    ) from exc
+                self._client = client
+            return self._client
+
+    def _new_client(self) -> KazooClient:
+        options = self.settings.client_options()
+        username, password = self.settings.auth_username, self.settings.auth_password
+        creator_all = self.settings.lock_acl == "creator_all"
+        if creator_all and username is not None and password is not None:
+            # Only this identity may read, create under or delete our lock nodes.
+            options["default_acl"] = [
+                make_digest_acl(username, password.get_secret_value(), all=True)
+            ]
+        return KazooClient(
+            **options,
+            connection_retry=dict(_CONNECTION_RETRY),
+            command_retry=dict(_COMMAND_RETRY),
+            logger=_kazoo_log,
+        )
+
+    def _connected_client(self) -> KazooClient:
+        client = self._started_client()
+        if not self._await_connected(time.monotonic() + self.settings.connect_timeout):
+            raise CoordinationError(
+                "ZooKeeper connection is down",
+                hosts=self.settings.hosts,
+                connect_timeout=self.settings.connect_timeout,
+            )
+        return client
+
+    def _on_state(self, state: str) -> None:
+        """kazoo's state listener (runs on its connection thread: must not block)."""
+        with self._changed:
+            self._state = state
+            if state == KazooState.LOST:
+                for lease in self._leases:
+                    lease._mark_lost()
+            self._changed.notify_all()
+        if state == KazooState.LOST and self._closed:
+            _log.info("ZooKeeper session closed (hosts=%s)", self.settings.hosts)
+        elif state == KazooState.LOST:
+            _log.info("ZooKeeper session lost; its locks are void (hosts=%s)", self.settings.hosts)
+        else:
+            _log.info("ZooKeeper connection %s (hosts=%s)", state.lower(), self.settings.hosts)
+
+    def _await_connected(self, deadline: float, lease: ZooKeeperLease | None = None) -> bool:
+        """Wait until the state is CONNECTED (False at the deadline or once ``lease`` is lost)."""
+        with self._changed:
+            while self._state != KazooState.CONNECTED:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or (lease is not None and lease._lost):
+                    return False
+                self._changed.wait(remaining)
+            return lease is None or not lease._lost
+
+    # -- leases ------------------------------------------------------------
+
+    def _lease(self, lock: Lock, aggregate_id: str) -> ZooKeeperLease:
+        """Stat our contender node once: its czxid is the fence."""
+        client = lock.client
+        node_path = f"{lock.path}/{lock.node}"
+        try:
+            stat = client.exists_async(node_path).get(timeout=self.settings.connect_timeout)
+            session = client.client_id
+        except _ZK_ERRORS as exc:
+            self._release_lock(lock, node_path)
+            raise self._error("ZooKeeper failed while reading the lock", aggregate_id) from exc
+        if stat is None or session is None or stat.ephemeralOwner != session[0]:
+            self._release_lock(lock, node_path)
+            raise LockLost("lock lost right after it was acquired", aggregate=aggregate_id)
+        lease = ZooKeeperLease(self, lock, aggregate_id, int(stat.czxid), int(session[0]))
+        with self._changed:
+            self._leases.add(lease)
+        return lease
+
+    def _forget(self, lease: ZooKeeperLease) -> None:
+        with self._changed:
+            self._leases.discard(lease)
+
+    def _release_lock(self, lock: Lock, node_path: str) -> None:
+        """Delete our contender node; never raises for connection problems."""
+        try:
+            if self._state == KazooState.CONNECTED:
+                lock.release()
+            else:  # sent when the connection returns; moot if the session ends
+                lock.client.delete_async(node_path)
+        except (*_ZK_ERRORS, OSError) as exc:
+            _log.debug("release of %s failed: %r", node_path, exc)
+
+    def _error(self, message: str, aggregate_id: str) -> CoordinationError:
+        return CoordinationError(message, aggregate=aggregate_id, hosts=self.settings.hosts)

@@ -1,0 +1,290 @@
+"""The consistency boundary: per aggregate, eventual or strong, as configured.
+
+``ConsistencyBoundary.enforce(aggregate_id, operation, aggregate_type=...)``
+runs ``operation(context)``; the operation reads what it needs and calls
+``context.publish(event, ...)``; its events are written after it returns
+(so an operation that raises writes nothing).
+
+* **Eventual** aggregates: the events are written at once and the result
+  carries their :class:`~toolkit.positions.ConsistencyToken`; nobody waits.
+* **Strong** aggregates (named by the policy, i.e. ``kct.yaml``):
+
+  1. take the aggregate's lock and its fencing token (``LockTimeout`` if
+     another holder keeps it longer than the lock timeout);
+  2. **barrier**: wait until the configured projections have applied
+     everything written to the aggregate's topic before the lock was taken,
+     including any transaction of an earlier holder that was still open.
+     The operation therefore reads a read model that reflects every earlier
+     holder's write (without this, a holder that lost its lock between its
+     last check and its commit could still commit under the next holder's
+     read: a lost update);
+  3. run the operation, then write its events in one Kafka transaction,
+     each carrying the fence header;
+  4. confirm the lock is still held (waiting briefly while the ZooKeeper
+     connection is suspended) right before committing; otherwise abort and
+     raise ``LockLost``: nothing is published;
+  5. commit, wait until every configured projection has applied the
+     events, release the lock.
+
+Projections keep the highest fence applied per aggregate and reject older
+ones (see :mod:`toolkit.projection`), which stops writers that bypass or race
+the check above.
+
+Failure modes: ``LockTimeout``; ``LockLost`` (aborted, nothing visible);
+``ConsistencyTimeout`` from the barrier (nothing written) or after commit
+(the write is committed, projections are late; ``context["committed"]`` says
+which); ``TransactionAborted`` / ``PublishError`` from Kafka; the lock is
+released in every case.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar
+
+from toolkit.consistency import EventualConsistencyManager
+from toolkit.envelope import Envelope
+from toolkit.errors import ConfigurationError, ConsistencyError, ConsistencyTimeout, LockLost
+from toolkit.ports import LockService, OffsetSource, TransactionalProducer
+from toolkit.positions import ConsistencyToken, Position
+from toolkit.publisher import EventPublisher, PublishedEvent
+
+__all__ = [
+    "BoundaryResult",
+    "ConsistencyBoundary",
+    "ConsistencyPolicy",
+    "OperationContext",
+]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class ConsistencyPolicy(Protocol):
+    """Which aggregates are strong and how long their operations may take
+    (``toolkit.config.ConsistencyConfig`` is one)."""
+
+    def is_strong(self, aggregate_type: str, aggregate_id: str) -> bool: ...
+
+    def timeout_for(self, aggregate_type: str, aggregate_id: str) -> float: ...
+
+    def lock_timeout_for(self, aggregate_type: str, aggregate_id: str) -> float: ...
+
+    def projections_for(self, aggregate_type: str, aggregate_id: str) -> tuple[str, ...]: ...
+
+
+class OperationContext:
+    """What an operation sees: its aggregate, its fence, and where to publish."""
+
+    def __init__(self, aggregate_type: str, aggregate_id: str, fence: int | None) -> None:
+        self.aggregate_type = aggregate_type
+        self.aggregate_id = aggregate_id
+        self.fence = fence
+        self._events: list[Envelope] = []
+
+    @property
+    def strong(self) -> bool:
+        return self.fence is not None
+
+    @property
+    def events(self) -> tuple[Envelope, ...]:
+        return tuple(self._events)
+
+    def publish(self, *events: Envelope) -> None:
+        """Queue events of this aggregate; written when the operation returns."""
+        for event in events:
+            if (event.aggregate_type, event.aggregate_id) != (
+                self.aggregate_type,
+                self.aggregate_id,
+            ):
+                raise ConsistencyError(
+                    "an operation may only publish events of its own aggregate",
+                    aggregate=f"{self.aggregate_type}/{self.aggregate_id}",
+                    event_aggregate=f"{event.aggregate_type}/{event.aggregate_id}",
+                )
+            self._events.append(event)
+
+
+@dataclass(frozen=True)
+class BoundaryResult(Generic[T]):
+    """What ``enforce`` returns: the operation's value and where its events went."""
+
+    value: T
+    published: tuple[PublishedEvent, ...]
+    token: ConsistencyToken
+    strong: bool
+    fence: int | None = None
+    # Seconds spent per phase (lock, barrier, operation, commit, wait), for metrics.
+    timings: Mapping[str, float] = field(default_factory=dict)
+
+
+class ConsistencyBoundary:
+    """Runs operations on aggregates with the consistency their policy asks for."""
+
+    def __init__(
+        self,
+        policy: ConsistencyPolicy,
+        publisher: EventPublisher,
+        topics: Mapping[str, str],
+        *,
+        locks: LockService | None = None,
+        transactions: TransactionalProducer | None = None,
+        consistency: EventualConsistencyManager | None = None,
+        offsets: OffsetSource | None = None,
+        suspended_grace: float = 1.0,
+        before_commit: Callable[[OperationContext], None] | None = None,
+    ) -> None:
+        self._policy = policy
+        self._publisher = publisher
+        self._topics = dict(topics)
+        self._locks = locks
+        self._transactions = transactions
+        self._consistency = consistency
+        self._offsets = offsets
+        self._suspended_grace = suspended_grace
+        # Test hook: runs after the events are in the open transaction and
+        # before the lock check and the commit.
+        self._before_commit = before_commit
+
+    def topic_for(self, aggregate_type: str) -> str:
+        try:
+            return self._topics[aggregate_type]
+        except KeyError:
+            raise ConfigurationError(
+                "no topic configured for this aggregate type",
+                aggregate_type=aggregate_type,
+                known=sorted(self._topics),
+            ) from None
+
+    def enforce(
+        self,
+        aggregate_id: str,
+        operation: Callable[[OperationContext], T],
+        *,
+        aggregate_type: str,
+    ) -> BoundaryResult[T]:
+        """Run ``operation`` on one aggregate with its configured consistency."""
+        topic = self.topic_for(aggregate_type)
+        if not self._policy.is_strong(aggregate_type, aggregate_id):
+            return self._eventual(aggregate_type, aggregate_id, topic, operation)
+        return self._strong(aggregate_type, aggregate_id, topic, operation)
+
+    def _eventual(
+        self,
+        aggregate_type: str,
+        aggregate_id: str,
+        topic: str,
+        operation: Callable[[OperationContext], T],
+    ) -> BoundaryResult[T]:
+        started = time.perf_counter()
+        context = OperationContext(aggregate_type, aggregate_id, fence=None)
+        value = operation(context)
+        ran = time.perf_counter()
+        published = self._publisher.publish_all(topic, context.events) if context.events else []
+        done = time.perf_counter()
+        return BoundaryResult(
+            value,
+            tuple(published),
+            EventPublisher.token_of(published),
+            strong=False,
+            timings={"operation": ran - started, "publish": done - ran},
+        )
+
+    def _strong(
+        self,
+        aggregate_type: str,
+        aggregate_id: str,
+        topic: str,
+        operation: Callable[[OperationContext], T],
+    ) -> BoundaryResult[T]:
+        if self._locks is None or self._transactions is None or self._consistency is None:
+            raise ConfigurationError(
+                "strong aggregates need a lock service, a transactional producer and a "
+                "consistency manager",
+                aggregate=f"{aggregate_type}/{aggregate_id}",
+            )
+        aggregate = f"{aggregate_type}/{aggregate_id}"
+        projections = self._policy.projections_for(aggregate_type, aggregate_id)
+        timeout = self._policy.timeout_for(aggregate_type, aggregate_id)
+        timings: dict[str, float] = {}
+        started = time.perf_counter()
+        lease = self._locks.acquire(
+            aggregate, self._policy.lock_timeout_for(aggregate_type, aggregate_id)
+        )
+        try:
+            mark = time.perf_counter()
+            timings["lock"] = mark - started
+            self._barrier(topic, projections, timeout, aggregate)
+            timings["barrier"], mark = time.perf_counter() - mark, time.perf_counter()
+            context = OperationContext(aggregate_type, aggregate_id, fence=lease.fence)
+            value = operation(context)
+            timings["operation"], mark = time.perf_counter() - mark, time.perf_counter()
+            published: list[PublishedEvent] = []
+            if context.events:
+                with self._transactions.begin() as transaction:
+                    published = self._publisher.publish_in(
+                        transaction, topic, context.events, fence=lease.fence
+                    )
+                    if self._before_commit is not None:
+                        self._before_commit(context)
+                    if not lease.is_held(timeout=self._suspended_grace):
+                        raise LockLost(
+                            "lock lost before commit; the transaction was aborted and "
+                            "nothing was published",
+                            aggregate=aggregate,
+                            fence=lease.fence,
+                        )
+                    transaction.commit()
+                self._publisher.index(published)
+            timings["commit"], mark = time.perf_counter() - mark, time.perf_counter()
+            token = EventPublisher.token_of(published)
+            if published and projections:
+                self._wait_committed(token, projections, timeout, aggregate)
+            timings["wait"] = time.perf_counter() - mark
+            return BoundaryResult(
+                value, tuple(published), token, strong=True, fence=lease.fence, timings=timings
+            )
+        finally:
+            lease.release()
+
+    def _barrier(
+        self, topic: str, projections: Sequence[str], timeout: float, aggregate: str
+    ) -> None:
+        """Wait until the projections reflect everything written before the lock."""
+        if not projections or self._offsets is None or self._consistency is None:
+            return
+        ends = self._offsets.end_offsets([topic], include_open_transactions=True)
+        token = ConsistencyToken.of(
+            Position(tp.topic, tp.partition, end - 1) for tp, end in ends.items() if end > 0
+        )
+        if not token:
+            return
+        try:
+            self._consistency.wait_for_consistency(token, projections, timeout)
+        except ConsistencyTimeout as exc:
+            raise ConsistencyTimeout(
+                "projections did not catch up with earlier writes before the operation "
+                "(an earlier holder's transaction may still be open); nothing was written",
+                aggregate=aggregate,
+                committed=False,
+                behind=exc.context.get("behind"),
+            ) from exc
+
+    def _wait_committed(
+        self, token: ConsistencyToken, projections: Sequence[str], timeout: float, aggregate: str
+    ) -> None:
+        assert self._consistency is not None
+        try:
+            self._consistency.wait_for_consistency(token, projections, timeout)
+        except ConsistencyTimeout as exc:
+            raise ConsistencyTimeout(
+                "the write is committed but projections did not apply it in time",
+                aggregate=aggregate,
+                committed=True,
+                token=token.to_string(),
+                behind=exc.context.get("behind"),
+            ) from exc

@@ -18,8 +18,9 @@ Failure modes:
   and ``CoordinationError`` (naming ``hosts``, never credentials) when no
   session is established within ``connect_timeout``, when the connection is
   down, or when ZooKeeper refuses (e.g. an ACL denies this identity).
-  A connection that drops in the middle of ``acquire`` or ``release`` may make
-  them wait until kazoo reconnects or finds the session expired.
+  ``acquire`` waits at most ``timeout`` plus ``connect_timeout``, even when
+  the connection drops in the middle (an abandoned attempt removes its node,
+  or releases the lock, once kazoo gets through again).
 * A lease is lost with its session (kazoo's ``LOST`` state). ``is_held`` asks
   the server and answers False, without raising, whenever the lease cannot be
   proven ours right now; after ``LOST`` or once its node is gone it answers
@@ -39,12 +40,13 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
 from kazoo.client import KazooClient
-from kazoo.exceptions import CancelledError, KazooException, NoAuthError
+from kazoo.exceptions import CancelledError, KazooException, NoAuthError, NoNodeError
 from kazoo.exceptions import LockTimeout as KazooLockTimeout
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.protocol.states import KazooState
@@ -65,8 +67,6 @@ _kazoo_log.setLevel(logging.ERROR)
 
 # Reconnect forever, at least once a second, so short outages keep the session.
 _CONNECTION_RETRY: dict[str, Any] = {"max_tries": -1, "delay": 0.1, "max_delay": 1.0}
-# Bounded retries for kazoo's own commands (the recipe's release).
-_COMMAND_RETRY: dict[str, Any] = {"max_tries": 3, "delay": 0.1, "max_delay": 1.0}
 
 _ZK_ERRORS = (KazooException, KazooTimeoutError)
 
@@ -79,6 +79,48 @@ def _node_name(aggregate_id: str) -> str:
     if name in {".", ".."}:  # reserved znode names
         name = name.replace(".", "%2E")
     return name
+
+
+class _Attempt:
+    """Runs kazoo's blocking ``Lock.acquire`` on a helper thread, so that the
+    caller's wait stays bounded even when a dropped connection stalls kazoo's
+    requests. An abandoned attempt cleans up after itself when kazoo returns."""
+
+    def __init__(self, lock: Lock, timeout: float, release: Callable[[], None]) -> None:
+        self._lock = lock
+        self._timeout = timeout
+        self._release = release
+        self._done = threading.Event()
+        self._mutex = threading.Lock()
+        self._abandoned = False
+        self.acquired = False
+        self.error: BaseException | None = None
+        threading.Thread(target=self._run, name="kct-zookeeper-acquire", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            self.acquired = bool(self._lock.acquire(timeout=self._timeout))
+        except (KazooLockTimeout, CancelledError):
+            pass  # timed out or cancelled: the recipe removed our contender node
+        except BaseException as exc:  # handed over to the caller
+            self.error = exc
+        with self._mutex:
+            self._done.set()
+            abandoned = self._abandoned
+        if abandoned and self.acquired:
+            self._release()
+
+    def finish(self, timeout: float, grace: float) -> bool:
+        """Wait for the attempt; False if it had to be abandoned."""
+        if self._done.wait(timeout):
+            return True
+        # kazoo restarts its wait for each new predecessor: stop it at our deadline.
+        self._lock.cancel()
+        if self._done.wait(grace):
+            return True
+        with self._mutex:
+            self._abandoned = not self._done.is_set()
+            return not self._abandoned
 
 
 class ZooKeeperLease:
@@ -196,27 +238,27 @@ class ZooKeeperLockService:
         """Block until the lock of ``aggregate_id`` is ours, for up to ``timeout`` seconds.
 
         Raises LockTimeout when another holder keeps it, CoordinationError when
-        ZooKeeper cannot be reached within ``connect_timeout`` or refuses.
+        ZooKeeper cannot be reached within ``connect_timeout`` or refuses, and
+        (rarely) LockLost when the session ended just as the lock was granted.
         """
         path = self.lock_path(aggregate_id)
         timeout = max(timeout, 0.0)
         client = self._connected_client()
         lock = client.Lock(path, self._identifier)
-        # kazoo restarts its wait for each new predecessor: cancel at our deadline.
-        deadline = threading.Timer(timeout, lock.cancel)
-        deadline.daemon = True
-        deadline.start()
-        try:
-            acquired = bool(lock.acquire(timeout=timeout))
-        except (KazooLockTimeout, CancelledError):
-            acquired = False  # the recipe removed our contender node
-        except NoAuthError as exc:
-            raise self._error("ZooKeeper denied access to the lock", aggregate_id) from exc
-        except _ZK_ERRORS as exc:
-            raise self._error("ZooKeeper failed while acquiring the lock", aggregate_id) from exc
-        finally:
-            deadline.cancel()
-        if not acquired:
+        attempt = _Attempt(
+            lock, timeout, lambda: self._release_lock(lock, f"{lock.path}/{lock.node}")
+        )
+        if not attempt.finish(timeout, grace=self.settings.connect_timeout):
+            raise self._error("ZooKeeper connection lost while acquiring", aggregate_id)
+        if isinstance(attempt.error, NoAuthError):
+            raise self._error(
+                "ZooKeeper denied access to the lock", aggregate_id
+            ) from attempt.error
+        if isinstance(attempt.error, _ZK_ERRORS):
+            raise self._error("ZooKeeper failed while acquiring", aggregate_id) from attempt.error
+        if attempt.error is not None:
+            raise attempt.error
+        if not attempt.acquired:
             if self._state != KazooState.CONNECTED:
                 raise self._error("ZooKeeper connection lost while acquiring", aggregate_id)
             raise LockTimeout("lock not acquired in time", aggregate=aggregate_id, timeout=timeout)
@@ -282,7 +324,6 @@ class ZooKeeperLockService:
         return KazooClient(
             **options,
             connection_retry=dict(_CONNECTION_RETRY),
-            command_retry=dict(_COMMAND_RETRY),
             logger=_kazoo_log,
         )
 
@@ -346,12 +387,20 @@ class ZooKeeperLockService:
             self._leases.discard(lease)
 
     def _release_lock(self, lock: Lock, node_path: str) -> None:
-        """Delete our contender node; never raises for connection problems."""
+        """Delete our contender node; bounded, and never raises for connection problems.
+
+        (Not ``Lock.release()``: its synchronous delete waits without limit
+        while kazoo reconnects.) A suspended connection gets the delete queued
+        for when it returns; an expired session has removed the node already.
+        """
         try:
-            if self._state == KazooState.CONNECTED:
-                lock.release()
-            else:  # sent when the connection returns; moot if the session ends
-                lock.client.delete_async(node_path)
+            request = lock.client.delete_async(node_path)
+            if self._state != KazooState.CONNECTED:
+                _log.debug("release of %s queued until the connection returns", node_path)
+                return
+            request.get(timeout=self.settings.connect_timeout)
+        except NoNodeError:
+            pass
         except (*_ZK_ERRORS, OSError) as exc:
             _log.debug("release of %s failed: %r", node_path, exc)
 

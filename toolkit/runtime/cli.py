@@ -8,6 +8,7 @@ import sys
 import click
 
 from toolkit.errors import ToolkitError
+from toolkit.runtime.config_cli import config
 from toolkit.runtime.stack_cli import stack
 
 
@@ -36,6 +37,7 @@ def demo(events: int, use_running_kafka: bool) -> None:
 
 
 cli.add_command(stack)
+cli.add_command(config)
 
 
 def main() -> None:

@@ -1,0 +1,499 @@
+"""The configuration file ``kct.yaml``: one typed, frozen model and its loader.
+
+:func:`load_config` reads a file, :func:`parse_config` a string. Both substitute
+``${NAME}`` and ``${NAME:-default}`` in string values from the environment
+(``$${`` is a literal ``${``), then validate everything with pydantic.
+
+Guarantees:
+
+* a :class:`KctConfig` is complete and consistent: every section but
+  ``version`` and ``kafka`` has defaults, unknown keys are errors, cross-field
+  rules (SASL needs ``sasl``, ``merge`` needs a merge function, ...) hold;
+* secrets (every ``password`` and ``key_password``) are ``SecretStr``: they
+  never appear in ``repr``, :meth:`KctConfig.describe` or an error message;
+  :meth:`KafkaConfig.librdkafka_config` is the one place that reveals them.
+
+Failure modes: every problem raises :class:`~toolkit.errors.ConfigurationError`
+whose message lists all problems, one per line, as ``file:line: field.path:
+what was expected``; its context holds ``file``, ``line`` and ``field`` of the
+first. YAML syntax errors, tabs, duplicate keys, unset variables, an empty
+file, a top level that is not a mapping and an unsupported ``version`` are
+reported the same way. Only ``yaml.SafeLoader`` is used.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from toolkit.config_errors import Problem, config_error, read_yaml, validation_problems
+from toolkit.errors import ConfigurationError
+
+__all__ = [
+    "ConflictPolicy",
+    "ConsistencyConfig",
+    "KafkaConfig",
+    "KafkaTlsConfig",
+    "KctConfig",
+    "RedisConfig",
+    "SaslConfig",
+    "StrongRule",
+    "TlsConfig",
+    "ZooKeeperAuth",
+    "ZooKeeperConfig",
+    "load_config",
+    "parse_config",
+]
+
+Strategy = Literal[
+    "last_write_wins", "first_write_wins", "deduplicate", "reorder", "merge", "reject"
+]
+WINNERS: tuple[Strategy, ...] = ("last_write_wins", "first_write_wins", "merge", "reject")
+_SASL_PROTOCOLS = ("SASL_PLAINTEXT", "SASL_SSL")
+_TLS_PROTOCOLS = ("SSL", "SASL_SSL")
+# librdkafka keys the typed fields own: `extra` may not set them (one source of truth).
+# fmt: off
+_OWNED_KAFKA_KEYS = frozenset({
+    "bootstrap.servers", "client.id", "security.protocol", "sasl.mechanism", "sasl.mechanisms",
+    "sasl.username", "ssl.ca.location", "ssl.certificate.location", "ssl.key.location",
+    "ssl.endpoint.identification.algorithm",
+})  # and any key naming a password or secret
+# fmt: on
+
+
+def _invalid(message: str) -> PydanticCustomError:
+    return PydanticCustomError("kct_invalid", message)
+
+
+def _host_ports(value: str) -> str:
+    for entry in value.split(","):
+        host, sep, port = entry.strip().rpartition(":")
+        if not (host and sep and port.isdigit() and 0 < int(port) < 65536):
+            raise _invalid(f"expected 'host:port[,host:port...]', got {value!r}")
+    return value
+
+
+def _znode_path(value: str) -> str:
+    if not re.fullmatch(r"(/[^/\s]+)+", value):
+        raise _invalid(
+            f"expected an absolute znode path like '/kct/locks' (no trailing /), got {value!r}"
+        )
+    return value
+
+
+def _merge_path(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*", value):
+        raise _invalid(f"expected 'module.path:function', got {value!r}")
+    return value
+
+
+def _redis_url(value: str) -> str:
+    parts = urlsplit(value)  # never echo the URL: it may hold a password
+    if parts.password is not None:
+        raise _invalid("must not contain a password; set redis.password (e.g. ${REDIS_PASSWORD})")
+    if parts.scheme not in ("redis", "rediss"):
+        raise _invalid(f"expected a redis:// or rediss:// URL, got scheme {parts.scheme!r}")
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise _invalid("expected redis://host:port/db, the port is not a number 1-65535") from None
+    if not parts.hostname or not re.fullmatch(r"(/\d*)?", parts.path):
+        raise _invalid("expected redis://host:port/db (db: a number)")
+    return value
+
+
+Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+NonEmpty = Annotated[str, Field(min_length=1)]
+Secret = Annotated[SecretStr, Field(min_length=1)]
+ServiceName = Annotated[str, Field(pattern=r"^[a-z0-9\-_.]+$")]
+HostPorts = Annotated[str, Field(min_length=1), AfterValidator(_host_ports)]
+ZnodePath = Annotated[str, AfterValidator(_znode_path)]
+MergePath = Annotated[str, AfterValidator(_merge_path)]
+RedisUrl = Annotated[str, AfterValidator(_redis_url)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
+
+
+class TlsConfig(_Model):
+    """TLS towards ZooKeeper or Redis: CA bundle, optional client certificate (mTLS)."""
+
+    ca_file: NonEmpty | None = None
+    cert_file: NonEmpty | None = None
+    key_file: NonEmpty | None = None
+    verify_hostname: bool = True
+
+    @model_validator(mode="after")
+    def _cert_and_key_together(self) -> TlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise _invalid("expected cert_file and key_file together (a client certificate)")
+        return self
+
+
+class KafkaTlsConfig(TlsConfig):
+    """TLS towards Kafka; the private key may be encrypted."""
+
+    key_password: Secret | None = None
+
+    @model_validator(mode="after")
+    def _password_needs_key(self) -> KafkaTlsConfig:
+        if self.key_password is not None and self.key_file is None:
+            raise _invalid("key_password is set but key_file is not")
+        return self
+
+
+class SaslConfig(_Model):
+    """SASL credentials for ``SASL_PLAINTEXT`` / ``SASL_SSL``."""
+
+    mechanism: Literal["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"] = "SCRAM-SHA-512"
+    username: NonEmpty
+    password: Secret
+
+
+class KafkaConfig(_Model):
+    """Where Kafka is and how to authenticate; ``extra`` passes raw librdkafka options."""
+
+    bootstrap_servers: HostPorts
+    client_id: NonEmpty = "kct"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl: SaslConfig | None = Field(default=None, validate_default=True)
+    tls: KafkaTlsConfig | None = None
+    extra: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+    @field_validator("sasl")
+    @classmethod
+    def _sasl_matches_protocol(cls, sasl: SaslConfig | None, info: ValidationInfo) -> Any:
+        protocol = info.data.get("security_protocol")
+        if protocol in _SASL_PROTOCOLS and sasl is None:
+            raise _invalid(f"required when security_protocol is {protocol}")
+        if protocol is not None and protocol not in _SASL_PROTOCOLS and sasl is not None:
+            raise _invalid(
+                f"only allowed with security_protocol SASL_PLAINTEXT or SASL_SSL (it is {protocol})"
+            )
+        return sasl
+
+    @field_validator("tls")
+    @classmethod
+    def _tls_matches_protocol(cls, tls: KafkaTlsConfig | None, info: ValidationInfo) -> Any:
+        protocol = info.data.get("security_protocol")
+        if tls is not None and protocol is not None and protocol not in _TLS_PROTOCOLS:
+            raise _invalid(
+                f"only allowed with security_protocol SSL or SASL_SSL (it is {protocol})"
+            )
+        return tls
+
+    @field_validator("extra", mode="before")
+    @classmethod
+    def _extra_values_are_scalars(cls, extra: Any) -> Any:
+        if not isinstance(extra, Mapping):
+            raise _invalid("expected a mapping of librdkafka options")
+        for key, value in extra.items():
+            if isinstance(value, Mapping | list) or value is None:
+                raise _invalid(f"{key!r}: expected a string, number or boolean")
+            lowered = str(key).lower()
+            if key in _OWNED_KAFKA_KEYS or "password" in lowered or "secret" in lowered:
+                raise _invalid(
+                    f"{key!r} may not be set in extra; use the typed fields "
+                    "(secrets belong in sasl.password or tls.key_password)"
+                )
+        return extra
+
+    def librdkafka_config(self) -> dict[str, str | int | float | bool]:
+        """librdkafka options: connection, security, then ``extra``. Holds secrets: never log it."""
+        config: dict[str, str | int | float | bool] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "client.id": self.client_id,
+            "security.protocol": self.security_protocol,
+        }
+        if self.sasl is not None:
+            config["sasl.mechanism"] = self.sasl.mechanism
+            config["sasl.username"] = self.sasl.username
+            config["sasl.password"] = self.sasl.password.get_secret_value()
+        if self.tls is not None:
+            files = {
+                "ssl.ca.location": self.tls.ca_file,
+                "ssl.certificate.location": self.tls.cert_file,
+                "ssl.key.location": self.tls.key_file,
+            }
+            config.update({key: value for key, value in files.items() if value is not None})
+            if self.tls.key_password is not None:
+                config["ssl.key.password"] = self.tls.key_password.get_secret_value()
+            verify = "https" if self.tls.verify_hostname else "none"
+            config["ssl.endpoint.identification.algorithm"] = verify
+        config.update(self.extra)
+        return config
+
+
+class ZooKeeperAuth(_Model):
+    """Digest credentials; the lock znodes then get the ``creator_all`` ACL."""
+
+    scheme: Literal["digest"] = "digest"
+    username: NonEmpty
+    password: Secret
+
+
+class ZooKeeperConfig(_Model):
+    """The lock service. ``lock_acl`` defaults to ``creator_all`` with ``auth``, else ``open``."""
+
+    hosts: HostPorts = "127.0.0.1:12181"
+    lock_root: ZnodePath = "/kct/locks"
+    session_timeout: Seconds = 10.0
+    auth: ZooKeeperAuth | None = None
+    lock_acl: Literal["creator_all", "open"] = "open"
+    tls: TlsConfig | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_acl(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "lock_acl" not in data and data.get("auth") is not None:
+            return {**data, "lock_acl": "creator_all"}
+        return data
+
+    @field_validator("lock_acl")
+    @classmethod
+    def _creator_needs_auth(cls, acl: str, info: ValidationInfo) -> str:
+        if acl == "creator_all" and "auth" in info.data and info.data["auth"] is None:
+            raise _invalid("creator_all needs zookeeper.auth (or set lock_acl: open)")
+        return acl
+
+
+class RedisConfig(_Model):
+    """Where Redis is. Credentials live in ``username``/``password``, never in the URL."""
+
+    url: RedisUrl = "redis://127.0.0.1:16379/0"
+    username: NonEmpty | None = None
+    password: Secret | None = None
+    tls: TlsConfig | None = None
+
+    def redis_url(self) -> str:
+        """The URL without secrets; ``rediss://`` when ``tls`` is set."""
+        parts = urlsplit(self.url)
+        if self.tls is not None and parts.scheme == "redis":
+            return urlunsplit(parts._replace(scheme="rediss"))
+        return self.url
+
+
+class StrongRule(_Model):
+    """Which aggregates are strong: ``type``, ``id`` or ``pattern`` (glob on the id), or a mix."""
+
+    type: NonEmpty | None = None
+    id: NonEmpty | None = None
+    pattern: NonEmpty | None = None
+    timeout: Seconds | None = None
+    lock_timeout: Seconds | None = None
+    projections: tuple[NonEmpty, ...] | None = None
+
+    @model_validator(mode="after")
+    def _one_way_to_match(self) -> StrongRule:
+        if self.type is None and self.id is None and self.pattern is None:
+            raise _invalid("expected at least one of type, id, pattern")
+        if self.id is not None and self.pattern is not None:
+            raise _invalid("expected id or pattern, not both")
+        return self
+
+    @property
+    def kind(self) -> str:
+        """``type``, ``id``, ``pattern``, ``type+id`` or ``type+pattern``."""
+        names = [n for n in ("type", "id", "pattern") if getattr(self, n) is not None]
+        return "+".join(names)
+
+    def matches(self, aggregate_type: str, aggregate_id: str) -> bool:
+        """True if every condition given in the rule holds."""
+        return (
+            (self.type is None or self.type == aggregate_type)
+            and (self.id is None or self.id == aggregate_id)
+            and (self.pattern is None or fnmatchcase(aggregate_id, self.pattern))
+        )
+
+
+class ConsistencyConfig(_Model):
+    """Which aggregates are strong and how long strong operations wait."""
+
+    default_timeout: Seconds = 5.0
+    lock_timeout: Seconds = 5.0
+    projections: tuple[NonEmpty, ...] = ()
+    strong: tuple[StrongRule, ...] = ()
+
+    def rule_for(self, aggregate_type: str, aggregate_id: str) -> StrongRule | None:
+        """The first rule that matches, or ``None`` (the aggregate is eventual)."""
+        return next((r for r in self.strong if r.matches(aggregate_type, aggregate_id)), None)
+
+    def is_strong(self, aggregate_type: str, aggregate_id: str) -> bool:
+        """True if any rule matches."""
+        return self.rule_for(aggregate_type, aggregate_id) is not None
+
+    def timeout_for(self, aggregate_type: str, aggregate_id: str) -> float:
+        """Seconds to wait for projections: the rule's override, else ``default_timeout``."""
+        rule = self.rule_for(aggregate_type, aggregate_id)
+        return rule.timeout if rule and rule.timeout is not None else self.default_timeout
+
+    def lock_timeout_for(self, aggregate_type: str, aggregate_id: str) -> float:
+        """Seconds to wait for the lock: the rule's override, else ``lock_timeout``."""
+        rule = self.rule_for(aggregate_type, aggregate_id)
+        return rule.lock_timeout if rule and rule.lock_timeout is not None else self.lock_timeout
+
+    def projections_for(self, aggregate_type: str, aggregate_id: str) -> tuple[str, ...]:
+        """Projections to wait for: the rule's list, else ``projections``."""
+        rule = self.rule_for(aggregate_type, aggregate_id)
+        return rule.projections if rule and rule.projections is not None else self.projections
+
+
+class ConflictPolicy(_Model):
+    """How concurrent events of one aggregate type are resolved, strategies in order."""
+
+    strategies: tuple[Strategy, ...]
+    merge: MergePath | None = Field(default=None, validate_default=True)
+    dedup_window: Annotated[int, Field(gt=0)] = 10_000
+    reorder_max_wait: Seconds = 2.0
+    on_gap: Literal["skip", "dead_letter"] = "skip"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            return {"strategies": [data]}
+        return {"strategies": data} if isinstance(data, list) else data
+
+    @field_validator("strategies")
+    @classmethod
+    def _in_order(cls, strategies: tuple[Strategy, ...]) -> tuple[Strategy, ...]:
+        if not strategies:
+            raise _invalid("expected at least one strategy")
+        for name in strategies:
+            if strategies.count(name) > 1:
+                raise _invalid(f"strategy {name!r} is listed twice")
+        winners = [s for s in strategies if s in WINNERS]
+        if len(winners) > 1:
+            raise _invalid(f"expected at most one of {', '.join(WINNERS)}, got {winners}")
+        if winners and strategies[-1] != winners[0]:
+            raise _invalid(
+                f"expected deduplicate/reorder first and {winners[0]!r} last, "
+                f"got [{', '.join(strategies)}]"
+            )
+        return strategies
+
+    @field_validator("merge")
+    @classmethod
+    def _merge_iff_strategy(cls, merge: str | None, info: ValidationInfo) -> str | None:
+        strategies = info.data.get("strategies")
+        if strategies is not None and "merge" in strategies and merge is None:
+            raise _invalid("strategy 'merge' needs merge: 'module.path:function' (mapping form)")
+        if strategies is not None and "merge" not in strategies and merge is not None:
+            raise _invalid("only allowed when strategies include 'merge'")
+        return merge
+
+
+class KctConfig(_Model):
+    """The whole ``kct.yaml`` (version 1)."""
+
+    version: Literal[1]
+    service: ServiceName = "kct"
+    kafka: KafkaConfig
+    zookeeper: ZooKeeperConfig = Field(default_factory=ZooKeeperConfig)
+    redis: RedisConfig = Field(default_factory=RedisConfig)
+    consistency: ConsistencyConfig = Field(default_factory=ConsistencyConfig)
+    conflicts: dict[NonEmpty, ConflictPolicy] = Field(default_factory=dict)
+    _source: str = PrivateAttr(default="<string>")
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _supported(cls, version: Any) -> Any:
+        if type(version) is not int or version != 1:
+            raise _invalid(f"unsupported version {version!r}; this kct reads version 1")
+        return version
+
+    @property
+    def source(self) -> str:
+        """The file this configuration was read from (``<string>`` for text)."""
+        return self._source
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-ready view with every secret shown as ``***`` and rules resolved."""
+        view: dict[str, Any] = _redact(self.model_dump())
+        view["source"] = self.source
+        view["redis"]["url"] = self.redis.redis_url()
+        defaults = self.consistency
+        view["consistency"]["strong"] = [
+            {
+                "match": rule.kind,
+                "type": rule.type,
+                "id": rule.id,
+                "pattern": rule.pattern,
+                "timeout": defaults.default_timeout if rule.timeout is None else rule.timeout,
+                "lock_timeout": defaults.lock_timeout
+                if rule.lock_timeout is None
+                else rule.lock_timeout,
+                "projections": list(
+                    defaults.projections if rule.projections is None else rule.projections
+                ),
+            }
+            for rule in defaults.strong
+        ]
+        return view
+
+
+def _redact(value: Any) -> Any:
+    if isinstance(value, SecretStr):
+        return "***"
+    if isinstance(value, Mapping):
+        return {key: _redact(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redact(item) for item in value]
+    return value
+
+
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> KctConfig:
+    """Read and validate ``path``; ``environ`` (default ``os.environ``) fills ``${NAME}``."""
+    file = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigurationError(f"{file}: configuration file not found", file=file) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or type(exc).__name__
+        raise ConfigurationError(f"{file}: cannot read the file: {reason}", file=file) from None
+    return parse_config(text, source=file, environ=environ)
+
+
+def parse_config(
+    text: str, source: str = "<string>", environ: Mapping[str, str] | None = None
+) -> KctConfig:
+    """Validate YAML ``text``; ``source`` names it in errors."""
+    root, data = read_yaml(text, source, os.environ if environ is None else environ)
+    if root is None:
+        empty = Problem(
+            None, None, "the file is empty; expected a mapping with 'version: 1' and 'kafka:'"
+        )
+        raise config_error(source, [empty])
+    if not isinstance(data, dict):
+        kind = "a list" if isinstance(data, list) else f"a {type(data).__name__}"
+        top = Problem(
+            root.start_mark.line + 1, None, f"expected a mapping at the top level, got {kind}"
+        )
+        raise config_error(source, [top])
+    try:
+        config = KctConfig.model_validate(data)
+    except ValidationError as exc:  # never chained: its text may hold the input
+        raise config_error(source, validation_problems(exc, root, KctConfig)) from None
+    config._source = source
+    return config

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from connectors.kafka import KafkaSettings
 from connectors.redis import RedisSettings
+from connectors.zookeeper import ZooKeeperSettings
 from toolkit.dead_letter import dead_letter_topic
 from toolkit.envelope import Envelope
 from toolkit.runtime.app import Kct, KctSettings
@@ -29,6 +30,7 @@ class Endpoints:
     kafka_bootstrap: str
     redis_url: str
     local_stack: bool
+    zookeeper_hosts: str = "127.0.0.1:12181"
 
 
 def endpoints() -> Endpoints:
@@ -38,20 +40,29 @@ def endpoints() -> Endpoints:
             os.environ["KCT_KAFKA_BOOTSTRAP"],
             os.environ.get("KCT_REDIS_URL", "redis://127.0.0.1:6379/0"),
             local_stack=False,
+            zookeeper_hosts=os.environ.get("KCT_ZOOKEEPER_HOSTS", "127.0.0.1:2181"),
         )
     from toolkit.runtime.stack import LocalStack
 
     stack = LocalStack()
     stack.up()
     found = stack.endpoints()
-    return Endpoints(found.kafka_bootstrap, found.redis_url, local_stack=True)
+    return Endpoints(
+        found.kafka_bootstrap,
+        found.redis_url,
+        local_stack=True,
+        zookeeper_hosts=found.zookeeper_hosts,
+    )
 
 
-def make_kct(bootstrap: str, redis_url: str, role: str) -> Kct:
+def make_kct(bootstrap: str, redis_url: str, role: str, zookeeper_hosts: str | None = None) -> Kct:
     return Kct(
         KctSettings(
             kafka=KafkaSettings(bootstrap_servers=bootstrap, client_id=f"kct-bench-{role}"),
             redis=RedisSettings(url=redis_url),
+            zookeeper=ZooKeeperSettings(
+                hosts=zookeeper_hosts or "127.0.0.1:12181", lock_root=f"/kct-bench/{RUN_ID}"
+            ),
             node_id=f"bench-{role}-{os.getpid()}",
         )
     )

@@ -132,6 +132,16 @@ def verdicts(lat: LatencyResult, tp: ThroughputResult) -> list[Verdict]:
     ]
 
 
+@dataclass(frozen=True)
+class Section:
+    """A further table of the suite: its title, columns, rows and what it measured."""
+
+    title: str
+    head: list[str]
+    rows: list[list[str]]
+    notes: str = ""
+
+
 def _table(title: str, head: list[str], rows: list[list[str]]) -> Table:
     table = Table(title=title, title_justify="left")
     for i, name in enumerate(head):
@@ -142,10 +152,16 @@ def _table(title: str, head: list[str], rows: list[list[str]]) -> Table:
 
 
 def print_report(
-    console: Console, facts: dict[str, str], lat: LatencyResult, tp: ThroughputResult
+    console: Console,
+    facts: dict[str, str],
+    lat: LatencyResult,
+    tp: ThroughputResult,
+    sections: list[Section] | None = None,
 ) -> None:
     console.print(_table("Read-after-write latency (ms)", LATENCY_HEAD, latency_rows(lat)))
     console.print(_table("Projection throughput", THROUGHPUT_HEAD, throughput_rows(tp)))
+    for section in sections or []:
+        console.print(_table(section.title, section.head, section.rows))
     for key, value in facts.items():
         console.print(f"[bold]{key}[/]: {value}")
     for v in verdicts(lat, tp):
@@ -169,6 +185,7 @@ def write_results(
     facts: dict[str, str],
     lat: LatencyResult,
     tp: ThroughputResult,
+    sections: list[Section] | None = None,
 ) -> Path:
     runner = lat.runner
     text = f"""# Benchmark results
@@ -208,5 +225,9 @@ median run and the range of all runs.
 
 {_md_table(THROUGHPUT_HEAD, throughput_rows(tp))}
 """
+    for section in sections or []:
+        text += (
+            f"\n## {section.title}\n\n{section.notes}\n\n{_md_table(section.head, section.rows)}\n"
+        )
     RESULTS.write_text(text)
     return RESULTS

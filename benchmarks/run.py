@@ -18,14 +18,27 @@ from pathlib import Path
 
 from rich.console import Console
 
+from benchmarks.boundary import boundary_section, run_boundary
 from benchmarks.common import endpoints
 from benchmarks.latency import run_latency
 from benchmarks.machine import machine_facts
 from benchmarks.report import print_report, write_results
 from benchmarks.throughput import run_throughput
 
-FULL = {"writes": 2000, "seed_writes": 400, "consume_writes": 200, "events": 50_000}
-QUICK = {"writes": 200, "seed_writes": 60, "consume_writes": 20, "events": 5_000}
+FULL = {
+    "writes": 2000,
+    "seed_writes": 400,
+    "consume_writes": 200,
+    "events": 50_000,
+    "boundary_ops": 300,
+}
+QUICK = {
+    "writes": 200,
+    "seed_writes": 60,
+    "consume_writes": 20,
+    "events": 5_000,
+    "boundary_ops": 40,
+}
 
 
 def _command(quick: bool) -> str:
@@ -67,9 +80,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     console.print(f"[bold]projection throughput[/] ({sizes['events']:,} events)")
     tp = run_throughput(ep, events=sizes["events"], profile=args.profile, progress=console.print)
+    console.print(f"[bold]strong vs eventual[/] ({sizes['boundary_ops']} rounds)")
+    sections = [
+        boundary_section(run_boundary(ep, ops=sizes["boundary_ops"], progress=console.print))
+    ]
     wall = time.perf_counter() - started
 
-    print_report(console, facts, lat, tp)
+    print_report(console, facts, lat, tp, sections)
     console.print(f"wall time: {wall:.0f} s")
     if args.profile:
         console.print("[bold]latency runner profile[/]", lat.runner.get("profile", "-"))
@@ -86,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         facts=facts,
         lat=lat,
         tp=tp,
+        sections=sections,
     )
     console.print(f"wrote {path}")
     # A missed target is a finding, not a harness failure: exit 0 either way.

@@ -21,6 +21,7 @@ from confluent_kafka import Consumer
 
 from benchmarks.common import make_kct
 from connectors.kafka import KafkaRecordConsumer, KafkaSettings
+from tests.balances import balances
 from tests.order_stats import order_stats
 from toolkit.dead_letter import DeadLetterQueue
 from toolkit.reader import EventReader
@@ -69,10 +70,12 @@ def projection_runner(
     stop: Event,
     results: Queue[dict[str, Any]],
     profile: bool,
+    read_model: str = "order_stats",
 ) -> None:
     """A kct ProjectionRunner, until ``stop``; reports its stats."""
     kct = make_kct(bootstrap, redis_url, "runner")
-    runner = kct.runner(order_stats(name, [topic]), max_batch=max_batch)
+    projection = balances(name, topic) if read_model == "balances" else order_stats(name, [topic])
+    runner = kct.runner(projection, max_batch=max_batch)
 
     def body() -> dict[str, Any]:
         runner.run(stop)  # type: ignore[arg-type]  # duck-typed: only is_set() is used

@@ -7,72 +7,46 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import pytest
+import yaml
 from confluent_kafka import Consumer
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 from kazoo.client import KazooClient
 
+from tests.balances import balance_event, balances
 from tests.integration.conftest import Endpoints
 from toolkit.boundary import OperationContext
+from toolkit.config import ConsistencyConfig, parse_config
 from toolkit.dead_letter import dead_letter_topic
-from toolkit.envelope import Envelope
 from toolkit.errors import LockLost, LockTimeout
 from toolkit.positions import ConsistencyToken, Position
-from toolkit.projection import Projection, ProjectionRunner
-from toolkit.read_model import ReadModelBatch
+from toolkit.projection import ProjectionRunner
 from toolkit.runtime.app import Kct
 
 pytestmark = pytest.mark.integration
 
-BALANCE_SET = "kct.examples.accounts.BalanceSet"
-
-
-@dataclass(frozen=True)
-class Policy:
-    """Strong for the listed account ids; every strong write waits for ``projections``."""
-
-    strong_ids: frozenset[str]
-    projections: tuple[str, ...]
-    timeout: float = 15.0
-    lock_timeout: float = 15.0
-
-    def is_strong(self, aggregate_type: str, aggregate_id: str) -> bool:
-        return aggregate_id in self.strong_ids
-
-    def timeout_for(self, aggregate_type: str, aggregate_id: str) -> float:
-        return self.timeout
-
-    def lock_timeout_for(self, aggregate_type: str, aggregate_id: str) -> float:
-        return self.lock_timeout
-
-    def projections_for(self, aggregate_type: str, aggregate_id: str) -> tuple[str, ...]:
-        return self.projections
-
-
-def balances(name: str, topic: str) -> Projection:
-    projection = Projection(name, [topic])
-
-    @projection.on(BALANCE_SET)
-    def balance_set(event: Envelope, view: ReadModelBatch) -> None:
-        view.put(
-            f"account:{event.aggregate_id}",
-            {"balance": event.payload["balance"], "seq": event.sequence},
+def Policy(  # noqa: N802  (reads like the configuration it builds)
+    strong_ids: frozenset[str],
+    projections: tuple[str, ...],
+    *,
+    lock_timeout: float = 15.0,
+) -> ConsistencyConfig:
+    """The ``consistency`` section of a kct.yaml: these account ids are strong."""
+    return parse_config(
+        yaml.safe_dump(
+            {
+                "version": 1,
+                "kafka": {"bootstrap_servers": "unused:9092"},
+                "consistency": {
+                    "default_timeout": 15.0,
+                    "lock_timeout": lock_timeout,
+                    "projections": list(projections),
+                    "strong": [{"type": "account", "id": i} for i in sorted(strong_ids)],
+                },
+            }
         )
-        view.increment("applied", event.aggregate_id)
-
-    return projection
-
-
-def balance_event(account: str, balance: int, sequence: int, writer: str = "") -> Envelope:
-    return Envelope(
-        BALANCE_SET,
-        "account",
-        account,
-        sequence,
-        {"account_id": account, "balance": balance, "writer": writer},
-    )
+    ).consistency
 
 
 @contextmanager

@@ -1,0 +1,492 @@
+"""The conflict resolver's strategies, and events as JSON documents.
+
+Use them through :class:`toolkit.conflicts.ConflictResolver`, which builds one
+pipeline of strategies per aggregate type from a ``ResolverPolicy`` and gives
+them an :class:`~toolkit.conflicts.AggregateState`: an in-memory working copy
+of one aggregate's resolver state that reaches the ``ConflictState`` only
+when a whole decision succeeded. A strategy is a class with a ``name`` and
+``process(item, aggregate, now_ms) -> Step``; it never does I/O of its own.
+
+Buffered (and merged) events are stored as JSON documents
+(:func:`envelope_to_document`). Failure modes: a payload value JSON cannot
+hold (``Decimal``, ``datetime``, ``UUID``, sets, non-string keys, ...) raises
+``SerializationError`` naming its path instead of being stored as something
+that would read back differently; ``bytes`` (``{"$bytes": base64}``) and
+non-finite floats (``{"$float": "nan"}``) are tagged and come back exactly,
+a mapping with ``$``-keys is wrapped (``{"$dict": ...}``) so tags stay
+unambiguous, and tuples come back as lists (Avro payloads only hold lists).
+"""
+
+from __future__ import annotations
+
+import base64
+import bisect
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from toolkit.envelope import Envelope
+from toolkit.errors import ConfigurationError, SerializationError
+from toolkit.hlc import HLCTimestamp
+
+if TYPE_CHECKING:
+    from toolkit.conflicts import AggregateState
+
+__all__ = [
+    "Deduplicate",
+    "FirstWriteWins",
+    "Item",
+    "LastWriteWins",
+    "Merge",
+    "MergeFunction",
+    "Reason",
+    "RejectConcurrent",
+    "Reorder",
+    "Step",
+    "Strategy",
+    "decode_payload",
+    "encode_payload",
+    "envelope_from_document",
+    "envelope_to_document",
+]
+
+MergeFunction = Callable[[dict[str, Any] | None, Envelope], Envelope]
+"""``merge(current_payload_or_None, incoming) -> envelope to apply``."""
+
+
+class Reason:
+    """Why the resolver applied, held back or rejected an event."""
+
+    NO_POLICY = "no_policy"
+    APPLIED = "applied"
+    MERGED = "merged"
+    RELEASED = "released"
+    BUFFERED = "buffered"
+    DUPLICATE = "duplicate"
+    DUPLICATE_SEQUENCE = "duplicate_sequence"
+    ALREADY_APPLIED_SEQUENCE = "already_applied_sequence"
+    STALE_HLC = "stale_hlc"
+    MISSING_HLC = "missing_hlc"
+    ALREADY_WRITTEN = "already_written"
+    REJECTED_CONFLICT = "rejected_conflict"
+    GAP_SKIPPED = "gap_skipped"
+    GAP_DEAD_LETTERED = "gap_dead_lettered"
+    MERGE_ERROR = "merge_error"
+
+
+# -- envelopes as JSON documents ---------------------------------------------
+
+_BYTES, _DICT, _FLOAT = "$bytes", "$dict", "$float"
+_OPTIONAL_TEXT = ("schema_ref", "correlation_id", "causation_id", "traceparent", "tracestate")
+
+
+class _Unsupported(Exception):
+    """A payload value with no JSON form; ``path`` is filled in on the way up."""
+
+    def __init__(self, value: object, what: str = "value") -> None:
+        super().__init__(what)
+        self.value = value
+        self.what = what
+        self.path: list[str] = []
+
+    def where(self) -> str:
+        return "payload" + "".join(reversed(self.path))
+
+
+def _encode(value: Any) -> Any:
+    if value is None or isinstance(value, str | bool | int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else {_FLOAT: repr(value)}
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        tagged = False
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise _Unsupported(key, "key")
+            try:
+                out[key] = _encode(item)
+            except _Unsupported as exc:
+                exc.path.append(f".{key}")
+                raise
+            tagged = tagged or key.startswith("$")
+        # A user mapping with "$" keys is wrapped, so a one-key "$..." object
+        # in a stored document is always one of our tags.
+        return {_DICT: out} if tagged else out
+    if isinstance(value, list | tuple):
+        items: list[Any] = []
+        for i, item in enumerate(value):
+            try:
+                items.append(_encode(item))
+            except _Unsupported as exc:
+                exc.path.append(f"[{i}]")
+                raise
+        return items
+    if isinstance(value, bytes | bytearray | memoryview):
+        return {_BYTES: base64.b64encode(value).decode("ascii")}
+    raise _Unsupported(value)
+
+
+def decode_payload(value: Any) -> Any:
+    """The inverse of :func:`encode_payload`."""
+    return _decode(value)
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, dict):
+        if len(value) == 1:
+            ((tag, inner),) = value.items()
+            if tag == _BYTES:
+                return base64.b64decode(inner, validate=True)
+            if tag == _DICT:
+                return {k: _decode(v) for k, v in inner.items()}
+            if tag == _FLOAT:
+                return float(inner)
+        return {k: _decode(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    return value
+
+
+def encode_payload(payload: Mapping[str, Any], event_id: str) -> Any:
+    """The JSON form of a payload; SerializationError if a value has none."""
+    try:
+        return _encode(payload)
+    except _Unsupported as exc:
+        raise SerializationError(
+            f"payload {exc.what} cannot be stored in a JSON document (the conflict "
+            "resolver stores buffered and merged payloads; use str/int/float/bytes/"
+            "lists/maps, e.g. a Decimal as a string)",
+            event_id=event_id,
+            path=exc.where(),
+            type=type(exc.value).__name__,
+        ) from None
+
+
+def envelope_to_document(envelope: Envelope) -> dict[str, Any]:
+    """The envelope as a JSON-serialisable document (see the module docstring)."""
+    document: dict[str, Any] = {
+        "event_type": envelope.event_type,
+        "aggregate_type": envelope.aggregate_type,
+        "aggregate_id": envelope.aggregate_id,
+        "sequence": envelope.sequence,
+        "event_id": envelope.event_id,
+        "payload": encode_payload(envelope.payload, envelope.event_id),
+    }
+    if envelope.hlc is not None:
+        document["hlc"] = str(envelope.hlc)
+    if envelope.fence is not None:
+        document["fence"] = envelope.fence
+    for name in _OPTIONAL_TEXT:
+        value = getattr(envelope, name)
+        if value is not None:
+            document[name] = value
+    return document
+
+
+def envelope_from_document(document: Mapping[str, Any]) -> Envelope:
+    """The envelope :func:`envelope_to_document` stored; SerializationError if it is not one."""
+    try:
+        payload = decode_payload(document["payload"])
+        if not isinstance(payload, dict):
+            raise TypeError("payload is not an object")
+        hlc = document.get("hlc")
+        fence = document.get("fence")
+        return Envelope(
+            event_type=_text(document["event_type"]),
+            aggregate_type=_text(document["aggregate_type"]),
+            aggregate_id=_text(document["aggregate_id"]),
+            sequence=_integer(document["sequence"]),
+            payload=payload,
+            event_id=_text(document["event_id"]),
+            hlc=None if hlc is None else HLCTimestamp.parse(_text(hlc)),
+            fence=None if fence is None else _integer(fence),
+            **{n: _text(document[n]) for n in _OPTIONAL_TEXT if document.get(n) is not None},
+        )
+    except SerializationError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise SerializationError(
+            "not an envelope document", error=f"{type(exc).__name__}: {exc}"[:200]
+        ) from exc
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _integer(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"expected an integer, got {type(value).__name__}")
+    return value
+
+
+# -- strategies --------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Item:
+    """An event on its way through the pipeline; ``trigger``: the one resolve() was given."""
+
+    envelope: Envelope
+    trigger: bool = False
+
+
+@dataclass(slots=True)
+class Step:
+    """What one strategy did with one event."""
+
+    passed: list[tuple[Item, str]] = field(default_factory=list)
+    rejected: list[tuple[Item, str]] = field(default_factory=list)
+    buffered: list[Item] = field(default_factory=list)
+    gap: tuple[int, int] | None = None
+    gap_reason: str | None = None
+
+
+def _passed(item: Item, reason: str) -> Step:
+    return Step(passed=[(item, reason)])
+
+
+def _rejected(item: Item, reason: str) -> Step:
+    return Step(rejected=[(item, reason)])
+
+
+class Strategy(Protocol):
+    """One stage of a resolver pipeline."""
+
+    name: str
+
+    def process(self, item: Item, aggregate: AggregateState, now_ms: int) -> Step: ...
+
+
+def _token(event_id: str) -> str:
+    """The id as one line of the dedup window (escaped, so distinct ids stay distinct)."""
+    if "\n" in event_id or "\\" in event_id:
+        return event_id.replace("\\", "\\\\").replace("\n", "\\n")
+    return event_id
+
+
+class Deduplicate:
+    """Reject an event id seen among the aggregate's last ``window`` ids."""
+
+    name = "deduplicate"
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+
+    def process(self, item: Item, aggregate: AggregateState, now_ms: int) -> Step:
+        ids = aggregate.seen_ids()
+        token = _token(item.envelope.event_id)
+        if f"\n{token}\n" in ids:
+            return _rejected(item, Reason.DUPLICATE)
+        ids = f"{ids}{token}\n"
+        excess = ids.count("\n") - 1 - self.window
+        if excess > 0:
+            cut = 0
+            for _ in range(excess):
+                cut = ids.index("\n", cut + 1)
+            ids = ids[cut:]
+        aggregate.set_seen_ids(ids)
+        return _passed(item, Reason.APPLIED)
+
+
+def _sequence_of(entry: dict[str, Any]) -> int:
+    sequence: int = entry["sequence"]
+    return sequence
+
+
+class Reorder:
+    """Pass each aggregate's events in sequence order, holding early ones back.
+
+    Invariant: every buffered sequence is above ``next``.
+    """
+
+    name = "reorder"
+
+    def __init__(
+        self, max_wait_ms: int, max_buffer: int, on_gap: Literal["skip", "dead_letter"]
+    ) -> None:
+        self.max_wait_ms = max_wait_ms
+        self.max_buffer = max_buffer
+        self.on_gap = on_gap
+
+    def process(self, item: Item, aggregate: AggregateState, now_ms: int) -> Step:
+        sequence = item.envelope.sequence
+        expected: int = aggregate.head.get("next", 1)
+        if sequence < expected:
+            return _rejected(item, Reason.ALREADY_APPLIED_SEQUENCE)
+        if sequence > expected:
+            return self._hold(item, aggregate, now_ms)
+        step = _passed(item, Reason.APPLIED)
+        aggregate.set("next", expected + 1)
+        if aggregate.head.get("buffer_min") == expected + 1:
+            buffer = aggregate.buffer()
+            run = self._run_length(buffer)
+            step.passed.extend((self._item(e, None), Reason.RELEASED) for e in buffer[:run])
+            del buffer[:run]
+            aggregate.set("next", expected + 1 + run)
+            aggregate.buffer_changed()
+        return step
+
+    def expire(self, aggregate: AggregateState, now_ms: int) -> list[Step]:
+        """Close gaps while the oldest buffered event has waited ``max_wait_ms``."""
+        steps = []
+        while aggregate.head.get("buffered") and (
+            now_ms - aggregate.head["oldest_ms"] >= self.max_wait_ms
+        ):
+            step = Step()
+            self._close_gap(aggregate, step, None)
+            steps.append(step)
+        return steps
+
+    def _hold(self, item: Item, aggregate: AggregateState, now_ms: int) -> Step:
+        event = item.envelope
+        buffer = aggregate.buffer()
+        at = bisect.bisect_left(buffer, event.sequence, key=_sequence_of)
+        if at < len(buffer) and buffer[at]["sequence"] == event.sequence:
+            same = buffer[at]["event"]["event_id"] == event.event_id
+            return _rejected(item, Reason.DUPLICATE if same else Reason.DUPLICATE_SEQUENCE)
+        entry = {
+            "sequence": event.sequence,
+            "arrived_ms": now_ms,
+            "event": envelope_to_document(event),
+        }
+        buffer.insert(at, entry)
+        aggregate.buffer_changed()
+        step = Step(buffered=[item])
+        if len(buffer) > self.max_buffer:
+            self._close_gap(aggregate, step, item)
+        return step
+
+    def _close_gap(self, aggregate: AggregateState, step: Step, trigger: Item | None) -> None:
+        """Report the gap before the lowest buffered run; skip or dead-letter that run."""
+        buffer = aggregate.buffer()
+        lowest = buffer[0]["sequence"]
+        run = self._run_length(buffer)
+        items = [self._item(e, trigger) for e in buffer[:run]]
+        del buffer[:run]
+        step.gap = (aggregate.head.get("next", 1), lowest - 1)
+        aggregate.set("next", lowest + run)
+        aggregate.buffer_changed()
+        if self.on_gap == "skip":
+            step.gap_reason = Reason.GAP_SKIPPED
+            step.passed.extend((i, Reason.RELEASED) for i in items)
+        else:
+            step.gap_reason = Reason.GAP_DEAD_LETTERED
+            step.rejected.extend((i, Reason.GAP_DEAD_LETTERED) for i in items)
+        step.buffered = [b for b in step.buffered if all(b is not i for i in items)]
+
+    @staticmethod
+    def _run_length(buffer: list[dict[str, Any]]) -> int:
+        """How many buffered events from the first one have consecutive sequences."""
+        if not buffer:
+            return 0
+        first, run = buffer[0]["sequence"], 1
+        while run < len(buffer) and buffer[run]["sequence"] == first + run:
+            run += 1
+        return run
+
+    @staticmethod
+    def _item(entry: dict[str, Any], trigger: Item | None) -> Item:
+        if (
+            trigger is not None
+            and entry["sequence"] == trigger.envelope.sequence
+            and entry["event"]["event_id"] == trigger.envelope.event_id
+        ):
+            return trigger
+        return Item(envelope_from_document(entry["event"]))
+
+
+class _Winner:
+    """Bookkeeping of the sequence-based winners: the last event they accepted."""
+
+    @staticmethod
+    def _accept(
+        aggregate: AggregateState, event: Envelope, applied: Envelope | None = None
+    ) -> None:
+        highest = event.sequence if applied is None else max(event.sequence, applied.sequence)
+        stored: int | None = aggregate.head.get("seq")
+        aggregate.set("seq", highest if stored is None else max(stored, highest))
+        aggregate.set("event_id", event.event_id)
+
+
+class LastWriteWins:
+    """Apply an event only if its HLC is above the last applied one's."""
+
+    name = "last_write_wins"
+
+    def process(self, item: Item, aggregate: AggregateState, now_ms: int) -> Step:
+        hlc = item.envelope.hlc
+        if hlc is None:
+            return _rejected(item, Reason.MISSING_HLC)
+        stored = aggregate.head.get("hlc")
+        if stored is not None:
+            last = HLCTimestamp.parse(stored)
+            if hlc == last:
+                return _rejected(item, Reason.DUPLICATE)
+            if hlc < last:
+                return _rejected(item, Reason.STALE_HLC)
+        aggregate.set("hlc", str(hlc))
+        return _passed(item, Reason.APPLIED)
+
+
+class FirstWriteWins(_Winner):
+    """Apply an event only if its sequence is above every one applied before."""
+
+    name = "first_write_wins"
+    LOSER = Reason.ALREADY_WRITTEN
+
+    def process(self, item: Item, aggregate: AggregateState, now_ms: int) -> Step:
+        event = item.envelope
+        if event.event_id == aggregate.head.get("event_id"):
+            return _rejected(item, Reason.DUPLICATE)
+        stored = aggregate.head.get("seq")
+        if stored is not None and event.sequence <= stored:
+            return _rejected(item, self.LOSER)
+        self._accept(aggregate, event)
+        return _passed(item, Reason.APPLIED)
+
+
+class RejectConcurrent(FirstWriteWins):
+    """First-write-wins whose losers are conflicts to dead-letter, not drops."""
+
+    name = "reject"
+    LOSER = Reason.REJECTED_CONFLICT
+
+
+class Merge(_Winner):
+    """Apply in-order events as they are; merge a concurrent one into the current payload."""
+
+    name = "merge"
+
+    def __init__(self, merge: MergeFunction) -> None:
+        self._merge = merge
+
+    def process(self, item: Item, aggregate: AggregateState, now_ms: int) -> Step:
+        event = item.envelope
+        if event.event_id == aggregate.head.get("event_id"):
+            return _rejected(item, Reason.DUPLICATE)
+        stored = aggregate.head.get("seq")
+        if stored is None or event.sequence > stored:
+            applied, reason = event, Reason.APPLIED
+        else:
+            applied, reason = self._merge(aggregate.current(), event), Reason.MERGED
+            _check_merged(applied, event)
+        aggregate.set_current(applied)
+        self._accept(aggregate, event, applied)
+        return _passed(Item(applied, item.trigger), reason)
+
+
+def _check_merged(applied: object, incoming: Envelope) -> None:
+    if not isinstance(applied, Envelope) or (applied.aggregate_type, applied.aggregate_id) != (
+        incoming.aggregate_type,
+        incoming.aggregate_id,
+    ):
+        raise ConfigurationError(
+            "the merge function must return an Envelope of the incoming event's aggregate",
+            aggregate=f"{incoming.aggregate_type}/{incoming.aggregate_id}",
+            returned=type(applied).__name__,
+        )

@@ -1,0 +1,646 @@
+"""Conflict resolution: which events a projection applies when writers race,
+Kafka redelivers, or an aggregate's events arrive out of order.
+
+A :class:`ConflictResolver` decides per consumed event, inside the batch the
+projection is writing (a ``ReadModelBatch`` is a :class:`ConflictState`)::
+
+    resolution = resolver.resolve(envelope, batch)
+    for event in resolution.accepted:            # in this order
+        handler(event, batch)
+    for event, reason in resolution.rejected:    # dead-letter, or count and audit
+        ...
+    for resolution in resolver.expire(batch):    # once per cycle: overdue gaps
+        ...
+
+Each aggregate type has a :class:`ResolverPolicy`: strategies run as a
+pipeline in the listed order, e.g. ``("deduplicate", "reorder",
+"last_write_wins")``; ``reorder`` may hold an event back or pass it on with
+the buffered ones that follow it, and each event passed on goes through the
+rest. Per aggregate (``aggregate_type``, ``aggregate_id``):
+
+====================  =========================================================
+``deduplicate``       reject an id among the last ``dedup_window`` ids
+                      (``duplicate``); the oldest is evicted first
+``reorder``           ``sequence == next``: pass it and the buffered run after
+                      it; ``> next``: buffer (``buffered``); ``< next``: reject
+                      (``already_applied_sequence``). ``next`` starts at 1
+``last_write_wins``   reject an HLC below the last applied one (``stale_hlc``;
+                      equal: ``duplicate``; no HLC: ``missing_hlc``)
+``first_write_wins``  reject a sequence not above the last applied one
+                      (``already_written``)
+``reject``            the same rule for conflicts to dead-letter
+                      (``rejected_conflict``)
+``merge``             apply an event whose sequence is above the last applied
+                      one as is; otherwise apply ``merge(current payload,
+                      event)`` (``merged``)
+====================  =========================================================
+
+A policy has at most one winner (the last four). A winner recognises only a
+redelivery of the last event it applied (``duplicate``); an older one looks
+like a conflict (``merge`` would merge it again), so put ``deduplicate`` in
+front when redeliveries matter. With ``reorder`` in front a
+winner sees one event per sequence: of two events claiming one sequence, the
+first to reach ``reorder`` passes and the other is rejected
+(``already_applied_sequence``, or ``duplicate_sequence`` while buffered). To
+arbitrate concurrent writers by HLC, use ``last_write_wins`` without it.
+
+State, under the reserved prefix ``__kct.conflicts/`` that handlers must not
+write (``<T>/<I>``: aggregate type and id, percent-encoded so that ``/`` in
+an id cannot make two aggregates share a key):
+
+* ``<T>/<I>``, the head, flat: ``next``, ``buffered``, ``buffer_min``,
+  ``oldest_ms`` (reorder), ``seen`` (the dedup window, ``"\\nid1\\nid2\\n"``),
+  ``hlc`` (last_write_wins), ``seq``, ``event_id`` (the other winners);
+* ``<T>/<I>/buffer``: ``{"events": [{"sequence", "arrived_ms", "event":
+  envelope document}, ...]}``; ``<T>/<I>/current``: merge's ``{"payload"}``;
+* ``reorder-index``: ``{"entries": "\\n<T>/<I> <oldest_ms>\\n..."}``, the
+  aggregates with buffered events.
+
+Growing documents are flat strings: a ``ReadModelBatch`` deep-copies every
+document it hands out, about 1 ms for a list of 10,000 ids against
+microseconds for one string, and membership is one substring search.
+
+Guarantees: all resolver state lives in the ``ConflictState`` (only the
+``counts`` metrics live in memory), written in the same batch as the read
+model and its offsets: a crash keeps both or neither, a replay from the
+stored offsets re-derives the same decisions, and a fresh resolver decides
+like the one it replaces. A ``resolve`` or ``expire`` that raises writes
+nothing. Per aggregate at most ``dedup_window`` ids and
+``reorder_max_buffer`` buffered events are kept; ``expire`` reads only the
+aggregates in the index. A decision reads the head and writes it at most
+once, plus the documents only its strategies need.
+
+Failure modes:
+
+* A gap (a sequence that never arrives: lost, dead-lettered, or deleted by
+  retention before the first event seen) holds the later events back until
+  the aggregate's oldest buffered event has waited ``reorder_max_wait_ms``;
+  ``expire`` then reports it (``Resolution.gap``) and skips it, releasing
+  the run behind it (``on_gap="skip"``), or rejects that run
+  (``"dead_letter"``: ``gap_dead_lettered``). A buffer that would exceed
+  ``reorder_max_buffer`` expires its oldest gap at once. An event of the gap
+  arriving later is rejected ``already_applied_sequence``. Expiry depends on
+  the clock: a replay re-decides an expiry that was not stored.
+* A merge function that raises on the event given to ``resolve``: the
+  exception propagates as is, nothing written (the runner dead-letters the
+  event; its sequence then shows up as a gap). On an event released from
+  the buffer (not the trigger's fault) that event is rejected
+  ``merge_error`` and logged, so one bad event cannot wedge ``expire``.
+* A payload JSON cannot hold (``Decimal``, ``datetime``, ...) raises
+  ``SerializationError`` when the resolver must store it (a buffered event,
+  merge's current payload), nothing written.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Literal, Protocol, cast
+from urllib.parse import quote, unquote
+
+from toolkit.config import ConflictPolicy
+from toolkit.conflict_strategies import (
+    Deduplicate,
+    FirstWriteWins,
+    Item,
+    LastWriteWins,
+    Merge,
+    MergeFunction,
+    Reason,
+    RejectConcurrent,
+    Reorder,
+    Step,
+    Strategy,
+    decode_payload,
+    encode_payload,
+    envelope_from_document,
+    envelope_to_document,
+)
+from toolkit.envelope import Envelope
+from toolkit.errors import ConfigurationError
+
+__all__ = [
+    "STATE_PREFIX",
+    "STRATEGIES",
+    "AggregateState",
+    "ConflictResolver",
+    "ConflictState",
+    "MergeFunction",
+    "Reason",
+    "Resolution",
+    "ResolverPolicy",
+    "envelope_from_document",
+    "envelope_to_document",
+    "resolver_from_config",
+]
+
+log = logging.getLogger(__name__)
+
+STATE_PREFIX = "__kct.conflicts/"
+INDEX_KEY = f"{STATE_PREFIX}reorder-index"
+STRATEGIES = (
+    "deduplicate",
+    "reorder",
+    "last_write_wins",
+    "first_write_wins",
+    "merge",
+    "reject",
+)
+_WINNERS = frozenset({"last_write_wins", "first_write_wins", "merge", "reject"})
+_NONE = "none"
+
+
+class ConflictState(Protocol):
+    """Where the resolver keeps its state: a ``ReadModelBatch`` fits."""
+
+    def get(self, key: str) -> dict[str, Any] | None: ...
+
+    def put(self, key: str, document: Mapping[str, Any]) -> None: ...
+
+    def delete(self, key: str) -> None: ...
+
+
+# -- decisions and policies ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    """What to apply (in order) and what to reject after one event or one expired gap."""
+
+    event: Envelope | None  # the event given to resolve(); None for an expiry
+    accepted: tuple[Envelope, ...]
+    rejected: tuple[tuple[Envelope, str], ...]  # (event, reason)
+    strategy: str
+    reason: str
+    gap: tuple[int, int] | None = None  # the missing sequences, both ends included
+
+    @property
+    def aggregate(self) -> tuple[str, str]:
+        """(aggregate_type, aggregate_id) of the events decided."""
+        first = self.event or next(iter([*self.accepted, *(e for e, _ in self.rejected)]), None)
+        return ("", "") if first is None else (first.aggregate_type, first.aggregate_id)
+
+    def to_audit(self) -> dict[str, Any]:
+        """A JSON-serialisable record of the decision: ids, sequences, HLCs, no payloads."""
+        aggregate_type, aggregate_id = self.aggregate
+        return {
+            "aggregate_type": aggregate_type,
+            "aggregate_id": aggregate_id,
+            "event": None if self.event is None else _audit(self.event),
+            "strategy": self.strategy,
+            "reason": self.reason,
+            "gap": None if self.gap is None else list(self.gap),
+            "accepted": [_audit(e) for e in self.accepted],
+            "rejected": [{**_audit(e), "reason": why} for e, why in self.rejected],
+        }
+
+
+def _audit(event: Envelope) -> dict[str, Any]:
+    return {
+        "event_id": event.event_id,
+        "event_type": event.event_type,
+        "sequence": event.sequence,
+        "hlc": None if event.hlc is None else str(event.hlc),
+    }
+
+
+@dataclass(frozen=True)
+class ResolverPolicy:
+    """How one aggregate type's conflicts are resolved (see the module docstring)."""
+
+    strategies: tuple[str, ...]
+    merge: MergeFunction | None = None
+    merge_path: str | None = None  # "package.module:function", imported at construction
+    dedup_window: int = 10_000  # event ids remembered per aggregate
+    reorder_max_wait_ms: int = 2000  # how long the oldest buffered event may wait for a gap
+    reorder_max_buffer: int = 1000  # buffered events per aggregate; one more expires a gap
+    on_gap: Literal["skip", "dead_letter"] = "skip"
+    _merge_function: MergeFunction | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        if isinstance(self.strategies, str):
+            raise ConfigurationError(
+                "strategies must be a sequence of names, not one string",
+                strategies=self.strategies,
+            )
+        names = tuple(self.strategies)
+        object.__setattr__(self, "strategies", names)
+        unknown = [n for n in names if n not in STRATEGIES]
+        if unknown:
+            raise ConfigurationError(
+                f"unknown conflict strategy; choose from {', '.join(STRATEGIES)}",
+                unknown=",".join(map(str, unknown)),
+            )
+        if len(set(names)) != len(names):
+            raise ConfigurationError("a strategy is listed twice", strategies=",".join(names))
+        if len(_WINNERS.intersection(names)) > 1:
+            raise ConfigurationError(
+                "at most one of last_write_wins, first_write_wins, merge, reject per policy",
+                strategies=",".join(names),
+            )
+        self._check_numbers()
+        object.__setattr__(self, "_merge_function", self._resolve_merge(names))
+
+    def _check_numbers(self) -> None:
+        for name, value, least in (
+            ("dedup_window", self.dedup_window, 1),
+            ("reorder_max_wait_ms", self.reorder_max_wait_ms, 0),
+            ("reorder_max_buffer", self.reorder_max_buffer, 1),
+        ):
+            if not isinstance(value, int) or value < least:
+                raise ConfigurationError(f"{name} must be an integer >= {least}", value=value)
+        if self.on_gap not in ("skip", "dead_letter"):
+            raise ConfigurationError("on_gap must be 'skip' or 'dead_letter'", value=self.on_gap)
+
+    def _resolve_merge(self, names: tuple[str, ...]) -> MergeFunction | None:
+        given = [v for v in (self.merge, self.merge_path) if v is not None]
+        if "merge" not in names:
+            if given:
+                raise ConfigurationError("merge or merge_path given without the merge strategy")
+            return None
+        if len(given) != 1:
+            raise ConfigurationError("the merge strategy needs exactly one of merge, merge_path")
+        if self.merge is not None:
+            return self.merge
+        return _import_merge(cast(str, self.merge_path))
+
+    @property
+    def merge_function(self) -> MergeFunction | None:
+        """``merge``, or the function ``merge_path`` names."""
+        return self._merge_function
+
+
+def _import_merge(path: str) -> MergeFunction:
+    module_name, sep, attribute = path.partition(":")
+    if not (sep and module_name and attribute):
+        raise ConfigurationError(
+            "merge_path must look like 'package.module:function'", merge_path=path
+        )
+    try:
+        target: Any = importlib.import_module(module_name)
+    except Exception as exc:  # ImportError, or the module's own code failing
+        raise ConfigurationError(
+            "cannot import the merge function's module",
+            merge_path=path,
+            error=f"{type(exc).__name__}: {exc}",
+        ) from exc
+    for part in attribute.split("."):
+        if not hasattr(target, part):
+            raise ConfigurationError("merge function not found in its module", merge_path=path)
+        target = getattr(target, part)
+    if not callable(target):
+        raise ConfigurationError("merge_path does not name a callable", merge_path=path)
+    return cast(MergeFunction, target)
+
+
+def _merge_stage(policy: ResolverPolicy) -> Strategy:
+    function = policy.merge_function
+    assert function is not None  # ResolverPolicy checked it
+    return Merge(function)
+
+
+_FACTORIES: dict[str, Callable[[ResolverPolicy], Strategy]] = {
+    "deduplicate": lambda p: Deduplicate(p.dedup_window),
+    "reorder": lambda p: Reorder(p.reorder_max_wait_ms, p.reorder_max_buffer, p.on_gap),
+    "last_write_wins": lambda p: LastWriteWins(),
+    "first_write_wins": lambda p: FirstWriteWins(),
+    "reject": lambda p: RejectConcurrent(),
+    "merge": _merge_stage,
+}
+
+
+# -- state ---------------------------------------------------------------------
+
+
+def _index_entry(aggregate_type: str, aggregate_id: str) -> str:
+    return f"{quote(aggregate_type, safe='')}/{quote(aggregate_id, safe='')}"
+
+
+def _parse_index_entry(entry: str) -> tuple[str, str]:
+    aggregate_type, _, aggregate_id = entry.partition("/")
+    return unquote(aggregate_type), unquote(aggregate_id)
+
+
+@lru_cache(maxsize=65_536)
+def aggregate_key(aggregate_type: str, aggregate_id: str) -> str:
+    """The key of an aggregate's head document; its other documents append ``/<name>``."""
+    return STATE_PREFIX + _index_entry(aggregate_type, aggregate_id)
+
+
+class _ReorderIndex:
+    """The aggregates with buffered events and their oldest arrival time.
+
+    Stored as one flat string, ``"\\n<T>/<I> <oldest_ms>\\n..."``, like the
+    dedup window: a ``ReadModelBatch`` copies it in O(1) Python steps however
+    many aggregates wait, and an update is a substring search and a splice.
+    """
+
+    def __init__(self, state: ConflictState) -> None:
+        self._state = state
+        self._text: str | None = None
+        self._dirty = False
+
+    def _load(self) -> str:
+        if self._text is None:
+            found = self._state.get(INDEX_KEY)
+            self._text = found["entries"] if found else "\n"
+        return self._text
+
+    def entries(self) -> dict[str, int]:
+        pairs = (line.rpartition(" ") for line in self._load().split("\n") if line)
+        return {entry: int(oldest) for entry, _, oldest in pairs}
+
+    def set(self, entry: str, oldest_ms: int | None) -> None:
+        text = self._load()
+        line = None if oldest_ms is None else f"{entry} {oldest_ms}\n"
+        start = text.find(f"\n{entry} ")
+        if start >= 0:
+            end = text.index("\n", start + 1)
+            if line is not None and text[start + 1 : end + 1] == line:
+                return
+            text = text[:start] + text[end:]
+        elif line is None:
+            return
+        self._text = text if line is None else text + line
+        self._dirty = True
+
+    def flush(self) -> None:
+        if self._dirty:
+            if self._text and self._text != "\n":
+                self._state.put(INDEX_KEY, {"entries": self._text})
+            else:
+                self._state.delete(INDEX_KEY)
+            self._dirty = False
+
+
+class AggregateState:
+    """A working copy of one aggregate's resolver state: read lazily, written by flush()."""
+
+    def __init__(self, state: ConflictState, aggregate_type: str, aggregate_id: str) -> None:
+        self._state = state
+        self.aggregate_type = aggregate_type
+        self.aggregate_id = aggregate_id
+        self.key = aggregate_key(aggregate_type, aggregate_id)
+        found = state.get(self.key)
+        self.head: dict[str, Any] = dict(found) if found else {}
+        self._dirty: set[str] = set()
+        self._buffer: list[dict[str, Any]] | None = None
+        self._current: Any = None
+
+    def set(self, name: str, value: Any) -> None:
+        """Set a head field (None removes it)."""
+        if value is None:
+            if self.head.pop(name, None) is not None:
+                self._dirty.add("head")
+        elif self.head.get(name) != value:
+            self.head[name] = value
+            self._dirty.add("head")
+
+    def buffer(self) -> list[dict[str, Any]]:
+        """The reorder buffer, by sequence; call buffer_changed() after changing it."""
+        if self._buffer is None:
+            found = self._state.get(f"{self.key}/buffer") if self.head.get("buffered") else None
+            self._buffer = list(found["events"]) if found else []
+        return self._buffer
+
+    def buffer_changed(self) -> None:
+        buffer = self.buffer()
+        self.set("buffered", len(buffer) or None)
+        self.set("buffer_min", buffer[0]["sequence"] if buffer else None)
+        self.set("oldest_ms", min(e["arrived_ms"] for e in buffer) if buffer else None)
+        self._dirty.add("buffer")
+
+    def seen_ids(self) -> str:
+        """The dedup window, ``"\\nid1\\nid2\\n"``, oldest first."""
+        seen: str = self.head.get("seen", "\n")
+        return seen
+
+    def set_seen_ids(self, ids: str) -> None:
+        self.set("seen", ids)
+
+    def current(self) -> dict[str, Any] | None:
+        """The payload merge last applied, if any."""
+        found = self._state.get(f"{self.key}/current")
+        return None if found is None else cast(dict[str, Any], decode_payload(found["payload"]))
+
+    def set_current(self, envelope: Envelope) -> None:
+        self._current = encode_payload(envelope.payload, envelope.event_id)
+        self._dirty.add("current")
+
+    def flush(self, index: _ReorderIndex) -> None:
+        """Write the documents that changed, and this aggregate's index entry."""
+        state, key = self._state, self.key
+        if "buffer" in self._dirty:
+            if self._buffer:
+                state.put(f"{key}/buffer", {"events": self._buffer})
+            else:
+                state.delete(f"{key}/buffer")
+            entry = _index_entry(self.aggregate_type, self.aggregate_id)
+            index.set(entry, self.head.get("oldest_ms"))
+        if "current" in self._dirty:
+            state.put(f"{key}/current", {"payload": self._current})
+        if "head" in self._dirty:
+            if self.head:
+                state.put(key, self.head)
+            else:
+                state.delete(key)
+        self._dirty.clear()
+
+
+# -- the resolver ----------------------------------------------------------------
+
+
+class _Outcome:
+    """The decisions that make up one Resolution."""
+
+    def __init__(self) -> None:
+        self.accepted: list[Envelope] = []
+        self.rejected: list[tuple[Envelope, str]] = []
+        self.decisions: list[tuple[str, str]] = []  # (strategy, reason) for counts
+        self.trigger: tuple[str, str] | None = None
+        self.trigger_rejected = False
+        self.trigger_buffered = False
+        self.gap: tuple[int, int] | None = None
+        self.gap_reason = ""
+
+    def absorb(self, step: Step, strategy: str) -> list[tuple[Item, str]]:
+        """Record a step's rejections, holds and gap; return what it passed on."""
+        for item, why in step.rejected:
+            self.rejected.append((item.envelope, why))
+            self.decisions.append((strategy, why))
+            if item.trigger:
+                self.trigger, self.trigger_rejected = (strategy, why), True
+        for item in step.buffered:
+            self.decisions.append((strategy, Reason.BUFFERED))
+            self.trigger_buffered = self.trigger_buffered or item.trigger
+        if step.gap is not None:
+            self.gap, self.gap_reason = step.gap, step.gap_reason or ""
+            self.decisions.append((strategy, "gap"))
+        return step.passed
+
+    def accept(self, passed: list[tuple[Item, str]], strategy: str) -> None:
+        for item, why in passed:
+            self.accepted.append(item.envelope)
+            self.decisions.append((strategy, why))
+            if item.trigger:
+                self.trigger = (strategy, why)
+
+    def resolution(self, event: Envelope | None) -> Resolution:
+        if self.trigger is not None and self.trigger_rejected:
+            strategy, reason = self.trigger
+        elif self.gap is not None:
+            strategy, reason = Reorder.name, self.gap_reason
+        elif self.trigger_buffered or self.trigger is None:
+            strategy, reason = Reorder.name, Reason.BUFFERED
+        else:
+            strategy, reason = self.trigger
+        return Resolution(
+            event, tuple(self.accepted), tuple(self.rejected), strategy, reason, self.gap
+        )
+
+
+def _wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class ConflictResolver:
+    """Resolves each aggregate type's conflicts with its policy; state in a ConflictState."""
+
+    def __init__(
+        self,
+        policies: Mapping[str, ResolverPolicy],
+        default: ResolverPolicy | None = None,
+        *,
+        clock: Callable[[], int] = _wall_clock_ms,
+    ) -> None:
+        self._policies = dict(policies)
+        self._default = default
+        # Decisions per (strategy, reason): one per event decided (its final
+        # decision, or "buffered"), plus ("reorder", "gap") per gap reported.
+        self.counts: Counter[tuple[str, str]] = Counter()
+        self._clock = clock
+        self._pipelines = {t: self._build(p) for t, p in self._policies.items()}
+        self._default_pipeline = self._build(default) if default is not None else ()
+
+    @staticmethod
+    def _build(policy: ResolverPolicy) -> tuple[Strategy, ...]:
+        return tuple(_FACTORIES[name](policy) for name in policy.strategies)
+
+    def policy_for(self, aggregate_type: str) -> ResolverPolicy | None:
+        """The policy of ``aggregate_type`` (None: its events pass as they are)."""
+        return self._policies.get(aggregate_type, self._default)
+
+    def _pipeline(self, aggregate_type: str) -> tuple[Strategy, ...]:
+        return self._pipelines.get(aggregate_type, self._default_pipeline)
+
+    def resolve(
+        self, envelope: Envelope, state: ConflictState, now_ms: int | None = None
+    ) -> Resolution:
+        """Decide what to apply now because ``envelope`` arrived (``now_ms``: arrival time)."""
+        pipeline = self._pipeline(envelope.aggregate_type)
+        if not pipeline:
+            self.counts[(_NONE, Reason.NO_POLICY)] += 1
+            return Resolution(envelope, (envelope,), (), _NONE, Reason.NO_POLICY)
+        now = self._clock() if now_ms is None else now_ms
+        aggregate = AggregateState(state, envelope.aggregate_type, envelope.aggregate_id)
+        outcome = _Outcome()
+        pending = [(Item(envelope, True), "")]
+        self._run(pipeline, pending, aggregate, now, outcome, final=pipeline[-1].name)
+        index = _ReorderIndex(state)
+        aggregate.flush(index)
+        index.flush()
+        self.counts.update(outcome.decisions)
+        return outcome.resolution(envelope)
+
+    def expire(self, state: ConflictState, now_ms: int | None = None) -> list[Resolution]:
+        """Report and close every gap whose oldest buffered event waited its policy's limit."""
+        now = self._clock() if now_ms is None else now_ms
+        index = _ReorderIndex(state)
+        resolutions: list[Resolution] = []
+        outcomes: list[_Outcome] = []
+        touched: list[AggregateState] = []
+        for entry, oldest in sorted(index.entries().items(), key=lambda kv: (kv[1], kv[0])):
+            aggregate_type, aggregate_id = _parse_index_entry(entry)
+            pipeline = self._pipeline(aggregate_type)
+            at = next((i for i, s in enumerate(pipeline) if isinstance(s, Reorder)), None)
+            # A buffer left by a policy that no longer reorders is released at once.
+            reorder = cast(Reorder, pipeline[at]) if at is not None else Reorder(0, 1, "skip")
+            if now - oldest < reorder.max_wait_ms:
+                continue
+            aggregate = AggregateState(state, aggregate_type, aggregate_id)
+            touched.append(aggregate)
+            after = pipeline[at + 1 :] if at is not None else ()
+            final = pipeline[-1].name if at is not None else Reorder.name
+            for step in reorder.expire(aggregate, now):
+                outcome = _Outcome()
+                passed = outcome.absorb(step, Reorder.name)
+                self._run(after, passed, aggregate, now, outcome, final=final)
+                outcomes.append(outcome)
+                resolutions.append(outcome.resolution(None))
+            # Also repairs an entry that disagrees with the aggregate's head.
+            index.set(entry, aggregate.head.get("oldest_ms"))
+        for aggregate in touched:
+            aggregate.flush(index)
+        index.flush()
+        for outcome in outcomes:
+            self.counts.update(outcome.decisions)
+        return resolutions
+
+    def _run(
+        self,
+        stages: tuple[Strategy, ...],
+        pending: list[tuple[Item, str]],
+        aggregate: AggregateState,
+        now_ms: int,
+        outcome: _Outcome,
+        *,
+        final: str,
+    ) -> None:
+        """Pass ``pending`` through ``stages``; what comes out is accepted (as ``final``)."""
+        for stage in stages:
+            passed: list[tuple[Item, str]] = []
+            for item, _ in pending:
+                step = self._process(stage, item, aggregate, now_ms)
+                passed.extend(outcome.absorb(step, stage.name))
+            pending = passed
+        outcome.accept(pending, final)
+
+    @staticmethod
+    def _process(stage: Strategy, item: Item, aggregate: AggregateState, now_ms: int) -> Step:
+        try:
+            return stage.process(item, aggregate, now_ms)
+        except Exception as exc:
+            if item.trigger or not isinstance(stage, Merge):
+                raise
+            log.warning(
+                "merge failed on released event %s (%s/%s #%d), rejected: %s",
+                item.envelope.event_id,
+                item.envelope.aggregate_type,
+                item.envelope.aggregate_id,
+                item.envelope.sequence,
+                exc,
+            )
+            return Step(rejected=[(item, Reason.MERGE_ERROR)])
+
+
+def resolver_from_config(conflicts: Mapping[str, ConflictPolicy]) -> ConflictResolver:
+    """The resolver a ``kct.yaml``'s ``conflicts`` section describes (per aggregate type)."""
+    return ConflictResolver(
+        {
+            aggregate_type: ResolverPolicy(
+                strategies=tuple(policy.strategies),
+                merge_path=policy.merge,
+                dedup_window=policy.dedup_window,
+                reorder_max_wait_ms=round(policy.reorder_max_wait * 1000),
+                on_gap=policy.on_gap,
+            )
+            for aggregate_type, policy in conflicts.items()
+        }
+    )

@@ -39,7 +39,9 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
+from toolkit.conflicts import STATE_PREFIX, ConflictResolver, Reason, Resolution
 from toolkit.dead_letter import DeadLetterQueue
 from toolkit.envelope import ConsumedEvent, Envelope
 from toolkit.errors import ConnectorError, ProjectionError
@@ -58,19 +60,56 @@ from toolkit.reader import EventReader
 __all__ = [
     "FENCE_KEY_PREFIX",
     "Handler",
+    "PartitionState",
     "Projection",
     "ProjectionRunner",
     "RunnerStats",
     "fence_key",
+    "resolutions_key",
 ]
 
 # Read-model keys under this prefix belong to the toolkit, not to handlers.
 FENCE_KEY_PREFIX = "__kct.fence/"
 
 
+RESOLUTIONS_KEY_PREFIX = "__kct.resolutions/"
+# Conflict decisions worth a dead-letter copy of the rejected event.
+DEAD_LETTER_REASONS = frozenset({Reason.REJECTED_CONFLICT, Reason.GAP_DEAD_LETTERED})
+# Decisions not worth an audit entry: the ordinary case.
+QUIET_REASONS = frozenset({Reason.APPLIED, Reason.NO_POLICY, Reason.RELEASED})
+
+
 def fence_key(aggregate_type: str, aggregate_id: str) -> str:
     """Where a projection keeps the highest fence it applied for an aggregate."""
     return f"{FENCE_KEY_PREFIX}{aggregate_type}/{aggregate_id}"
+
+
+def resolutions_key(aggregate_type: str, aggregate_id: str) -> str:
+    """Where a projection keeps the audit trail of an aggregate's conflict decisions."""
+    return f"{RESOLUTIONS_KEY_PREFIX}{aggregate_type}/{aggregate_id}"
+
+
+class PartitionState:
+    """The resolver's state for one partition: an aggregate lives in one
+    partition, so its owner alone decides for it, also after a rebalance."""
+
+    __slots__ = ("_batch", "_prefix")
+
+    def __init__(self, batch: ReadModelBatch, tp: TopicPartition) -> None:
+        self._batch = batch
+        self._prefix = f"{STATE_PREFIX}{tp.topic}[{tp.partition}]/"
+
+    def _key(self, key: str) -> str:
+        return self._prefix + key.removeprefix(STATE_PREFIX)
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        return self._batch.get(self._key(key))
+
+    def put(self, key: str, document: Mapping[str, Any]) -> None:
+        self._batch.put(self._key(key), document)
+
+    def delete(self, key: str) -> None:
+        self._batch.delete(self._key(key))
 
 
 log = logging.getLogger(__name__)
@@ -116,6 +155,7 @@ class RunnerStats:
     skipped_already_applied: int = 0
     handler_errors: int = 0
     fence_rejected: int = 0
+    conflicts_rejected: dict[str, int] = field(default_factory=dict)
     batches: int = 0
     ownership_lost: int = 0
     commit_failures: int = 0
@@ -139,6 +179,9 @@ class ProjectionRunner:
         poll_timeout: float = 0.1,
         store_retries: int = 5,
         after_store: Callable[[Mapping[TopicPartition, int]], None] | None = None,
+        resolver: ConflictResolver | None = None,
+        audit_entries: int = 50,
+        expiry_interval: float = 0.25,
     ) -> None:
         self.projection = projection
         self.stats = RunnerStats()
@@ -155,6 +198,10 @@ class ProjectionRunner:
         self._stored: dict[TopicPartition, int | None] = {}
         # Stored offsets Kafka has not been told yet (after assignment or a failed commit).
         self._uncommitted: dict[TopicPartition, int] = {}
+        self._resolver = resolver
+        self._audit_entries = audit_entries
+        self._expiry_interval = expiry_interval
+        self._next_expiry = 0.0
         self._stopping = threading.Event()
         self._reader.subscribe(projection.topics, self._on_assign, self._on_revoke)
 
@@ -210,9 +257,13 @@ class ProjectionRunner:
             if tp in self._stored and offset > (self._stored[tp] or 0)
         }
         applied = 0
+        batch = ReadModelBatch(self._store, self.projection.name)
         if polled:
-            batch = ReadModelBatch(self._store, self.projection.name)
             applied = self._apply(events, batch)
+        if self._resolver is not None and time.monotonic() >= self._next_expiry:
+            self._next_expiry = time.monotonic() + self._expiry_interval
+            applied += self._expire(batch, polled)
+        if polled:
             self._store_batch(batch, polled)
         self._reader.forget([tp for tp in self._reader.pending_offsets if tp not in polled])
         self._commit_uncommitted()
@@ -230,27 +281,87 @@ class ProjectionRunner:
                 continue
             if event.envelope.fence is not None and not self._admit_fence(event, batch):
                 continue
-            handler = self.projection.handler_for(event.envelope.event_type)
-            if handler is None:
+            if self._resolver is None:
+                applied += self._handle(event.envelope, event, batch)
                 continue
-            mark = batch.savepoint()
-            try:
-                handler(event.envelope, batch)
-            except Exception as exc:  # a handler bug or a poison event: isolate it
-                batch.rollback(mark)
-                self.stats.handler_errors += 1
-                if event.record is not None:
-                    self._dead_letters.send(
-                        event.record, "handler_error", f"{type(exc).__name__}: {exc}"
-                    )
-                log.warning(
-                    "%s: handler failed on %s, dead-lettered: %s",
-                    self.projection.name,
-                    event.position,
-                    exc,
+            resolution = self._resolver.resolve(event.envelope, PartitionState(batch, tp))
+            applied += self._settle(resolution, event, batch)
+        self.stats.applied += applied
+        return applied
+
+    def _handle(
+        self, envelope: Envelope, event: ConsumedEvent | None, batch: ReadModelBatch
+    ) -> int:
+        """Run the event's handler; 1 if applied, 0 if none or it failed (dead-lettered)."""
+        handler = self.projection.handler_for(envelope.event_type)
+        if handler is None:
+            return 0
+        mark = batch.savepoint()
+        try:
+            handler(envelope, batch)
+        except Exception as exc:  # a handler bug or a poison event: isolate it
+            batch.rollback(mark)
+            self.stats.handler_errors += 1
+            if event is not None and event.record is not None:
+                self._dead_letters.send(
+                    event.record, "handler_error", f"{type(exc).__name__}: {exc}"
                 )
-                continue
-            applied += 1
+            log.warning(
+                "%s: handler failed on %s %s, dead-lettered: %s",
+                self.projection.name,
+                envelope.event_type,
+                envelope.event_id,
+                exc,
+            )
+            return 0
+        return 1
+
+    def _settle(
+        self, resolution: Resolution, event: ConsumedEvent | None, batch: ReadModelBatch
+    ) -> int:
+        """Apply what the resolver accepted, dead-letter or audit what it rejected."""
+        applied = 0
+        for accepted in resolution.accepted:
+            current = event if event is not None and accepted is event.envelope else None
+            applied += self._handle(accepted, current, batch)
+        for rejected, reason in resolution.rejected:
+            self.stats.conflicts_rejected[reason] = self.stats.conflicts_rejected.get(reason, 0) + 1
+            record = event.record if event is not None and rejected is event.envelope else None
+            if reason in DEAD_LETTER_REASONS:
+                if record is not None:
+                    self._dead_letters.send(record, f"conflict_{reason}", resolution.reason)
+                else:  # released from a reorder buffer of an earlier batch
+                    log.warning(
+                        "%s: %s of %s/%s rejected (%s); kept in the audit trail only",
+                        self.projection.name,
+                        rejected.event_id,
+                        rejected.aggregate_type,
+                        rejected.aggregate_id,
+                        reason,
+                    )
+        if resolution.reason not in QUIET_REASONS or resolution.rejected:
+            self._audit(resolution, batch)
+        return applied
+
+    def _audit(self, resolution: Resolution, batch: ReadModelBatch) -> None:
+        aggregate_type, aggregate_id = resolution.aggregate
+        key = resolutions_key(aggregate_type, aggregate_id)
+        trail = batch.get(key) or {"entries": []}
+        entries = [*trail["entries"], resolution.to_audit()][-self._audit_entries :]
+        batch.put(key, {"entries": entries})
+
+    def _expire(self, batch: ReadModelBatch, offsets: dict[TopicPartition, int]) -> int:
+        """Release reorder buffers whose wait is over, partition by partition."""
+        assert self._resolver is not None
+        applied = 0
+        for tp, stored in self._stored.items():
+            if stored is None and tp not in offsets:
+                continue  # nothing of this partition stored yet: nothing buffered either
+            resolutions = self._resolver.expire(PartitionState(batch, tp))
+            for resolution in resolutions:
+                applied += self._settle(resolution, None, batch)
+            if resolutions and tp not in offsets and stored is not None:
+                offsets[tp] = stored  # same offsets: the store step still checks ownership
         self.stats.applied += applied
         return applied
 

@@ -12,7 +12,7 @@ import logging
 import os
 from collections.abc import Mapping
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 __all__ = ["DEFAULT_BOOTSTRAP", "KafkaSettings"]
 
@@ -30,6 +30,9 @@ class KafkaSettings(BaseModel):
     bootstrap_servers: str = DEFAULT_BOOTSTRAP
     client_id: str = "kct"
     extra: Mapping[str, str | int | float | bool] = Field(default_factory=dict)
+    # librdkafka options holding secrets (sasl.password, ssl.key.password):
+    # masked in repr and errors, unmasked only in client_config().
+    secrets: Mapping[str, SecretStr] = Field(default_factory=dict)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> KafkaSettings:
@@ -50,4 +53,5 @@ class KafkaSettings(BaseModel):
         }
         config.update(defaults)
         config.update(self.extra)
+        config.update({k: v.get_secret_value() for k, v in self.secrets.items()})
         return config

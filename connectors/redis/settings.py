@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, SecretStr
 
 __all__ = ["DEFAULT_REDIS_URL", "RedisSettings"]
 
@@ -27,6 +27,13 @@ class RedisSettings(BaseModel):
 
     url: str = DEFAULT_REDIS_URL
     socket_timeout: float = 5.0
+    username: str | None = None
+    password: SecretStr | None = None
+    # TLS (with a rediss:// URL): CA bundle and optional client certificate.
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    verify_hostname: bool = True
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> RedisSettings:
@@ -45,8 +52,23 @@ class RedisSettings(BaseModel):
 
     def client(self) -> redis.Redis:
         """A client with string responses."""
+        tls: dict[str, object] = {}
+        if self.url.startswith("rediss://"):
+            tls = {
+                "ssl_ca_certs": self.ca_file,
+                "ssl_certfile": self.cert_file,
+                "ssl_keyfile": self.key_file,
+                "ssl_check_hostname": self.verify_hostname,
+            }
+        credentials: dict[str, object] = {}
+        if self.username is not None:
+            credentials["username"] = self.username
+        if self.password is not None:
+            credentials["password"] = self.password.get_secret_value()
         return redis.Redis.from_url(
             self.url,
+            **credentials,
+            **tls,
             decode_responses=True,
             socket_timeout=self.socket_timeout,
             socket_connect_timeout=self.socket_timeout,

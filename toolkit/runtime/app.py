@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+from pydantic import SecretStr
+
 from connectors.avro import AvroCodec, AvroSchemaRegistry, bundled_schema_dir
 from connectors.kafka import KafkaAdmin, KafkaRecordConsumer, KafkaRecordProducer, KafkaSettings
 from connectors.kafka.transactions import KafkaTransactionalProducer
@@ -28,8 +30,11 @@ from connectors.redis import (
 )
 from connectors.zookeeper import ZooKeeperLockService, ZooKeeperSettings
 from toolkit.boundary import ConsistencyBoundary, ConsistencyPolicy, OperationContext
+from toolkit.config import KctConfig
+from toolkit.conflicts import ConflictResolver, resolver_from_config
 from toolkit.consistency import EventualConsistencyManager, ReadAfterWrite
 from toolkit.dead_letter import DeadLetterQueue
+from toolkit.errors import ConfigurationError
 from toolkit.hlc import HybridLogicalClock
 from toolkit.positions import TopicPartition
 from toolkit.projection import Projection, ProjectionRunner
@@ -54,6 +59,43 @@ class KctSettings:
     schema_dirs: tuple[Path, ...] = ()
 
     @classmethod
+    def from_config(cls, config: KctConfig) -> KctSettings:
+        """Connections (with their credentials) from a loaded ``kct.yaml``."""
+        kafka_options = config.kafka.librdkafka_config()
+        secret_keys = {"sasl.password", "ssl.key.password"}
+        kafka = KafkaSettings(
+            bootstrap_servers=str(kafka_options.pop("bootstrap.servers")),
+            client_id=str(kafka_options.pop("client.id")),
+            extra={k: v for k, v in kafka_options.items() if k not in secret_keys},
+            secrets={k: SecretStr(str(v)) for k, v in kafka_options.items() if k in secret_keys},
+        )
+        rc = config.redis
+        redis = RedisSettings(
+            url=rc.redis_url(),
+            username=rc.username,
+            password=rc.password,
+            ca_file=rc.tls.ca_file if rc.tls else None,
+            cert_file=rc.tls.cert_file if rc.tls else None,
+            key_file=rc.tls.key_file if rc.tls else None,
+            verify_hostname=rc.tls.verify_hostname if rc.tls else True,
+        )
+        zc = config.zookeeper
+        zookeeper = ZooKeeperSettings(
+            hosts=zc.hosts,
+            lock_root=zc.lock_root,
+            session_timeout=zc.session_timeout,
+            auth_username=zc.auth.username if zc.auth else None,
+            auth_password=zc.auth.password if zc.auth else None,
+            lock_acl=zc.lock_acl,
+            use_tls=zc.tls is not None,
+            ca_file=zc.tls.ca_file if zc.tls else None,
+            cert_file=zc.tls.cert_file if zc.tls else None,
+            key_file=zc.tls.key_file if zc.tls else None,
+        )
+        node_id = f"{config.service}-{_default_node_id()}"
+        return cls(kafka=kafka, redis=redis, zookeeper=zookeeper, node_id=node_id)
+
+    @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> KctSettings:
         return cls(
             kafka=KafkaSettings.from_env(environ),
@@ -65,8 +107,25 @@ class KctSettings:
 class Kct:
     """Everything a service needs, wired once."""
 
-    def __init__(self, settings: KctSettings | None = None) -> None:
-        self.settings = settings or KctSettings.from_env()
+    def __init__(
+        self, settings: KctSettings | None = None, config: KctConfig | None = None
+    ) -> None:
+        self.config = config
+        if settings is None:
+            settings = KctSettings.from_config(config) if config else KctSettings.from_env()
+        self.settings = settings
+
+    @classmethod
+    def from_config(cls, config: KctConfig) -> Kct:
+        """Wired from a loaded ``kct.yaml``: connections, strong aggregates, conflict policies."""
+        return cls(config=config)
+
+    @cached_property
+    def resolver(self) -> ConflictResolver | None:
+        """The conflict resolver of the configuration's ``conflicts`` section, if any."""
+        if self.config is None or not self.config.conflicts:
+            return None
+        return resolver_from_config(self.config.conflicts)
 
     @cached_property
     def codec(self) -> AvroCodec:
@@ -127,12 +186,19 @@ class Kct:
 
     def boundary(
         self,
-        policy: ConsistencyPolicy,
+        policy: ConsistencyPolicy | None,
         topics: Mapping[str, str],
         *,
         before_commit: Callable[[OperationContext], None] | None = None,
     ) -> ConsistencyBoundary:
-        """A consistency boundary; ``topics`` maps aggregate types to their topics."""
+        """A consistency boundary; ``topics`` maps aggregate types to their topics.
+
+        ``policy`` None means the configuration's ``consistency`` section.
+        """
+        if policy is None:
+            if self.config is None:
+                raise ConfigurationError("no consistency policy given and no kct.yaml loaded")
+            policy = self.config.consistency
         return ConsistencyBoundary(
             policy,
             self.publisher,
@@ -150,8 +216,13 @@ class Kct:
         *,
         max_batch: int = 500,
         after_store: Callable[[Mapping[TopicPartition, int]], None] | None = None,
+        resolver: ConflictResolver | None = None,
     ) -> ProjectionRunner:
-        """A new member of ``projection``'s consumer group (call ``run`` on a thread)."""
+        """A new member of ``projection``'s consumer group (call ``run`` on a thread).
+
+        Events go through ``resolver`` (default: the configuration's conflict
+        policies, if any) before the projection's handlers.
+        """
         consumer = KafkaRecordConsumer(self.settings.kafka, projection.name)
         return ProjectionRunner(
             projection,
@@ -163,6 +234,7 @@ class Kct:
             clock=self.clock,
             max_batch=max_batch,
             after_store=after_store,
+            resolver=resolver if resolver is not None else self.resolver,
         )
 
     def close(self) -> None:

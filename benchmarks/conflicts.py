@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from benchmarks.report import Section
 from toolkit.conflicts import ConflictResolver, Resolution, ResolverPolicy
 from toolkit.envelope import Envelope
 from toolkit.hlc import HLCTimestamp
@@ -244,6 +245,22 @@ def run_conflicts(decisions: int, progress: Callable[[str], None]) -> ConflictsR
     progress(f"conflicts: {label}")
     runs.append(_measure_batched(label, ResolverPolicy(PIPELINE), events))
     return ConflictsResult(decisions, AGGREGATES, DUPLICATES, OUT_OF_ORDER, runs)
+
+
+def conflicts_section(result: ConflictsResult) -> Section:
+    decisions = result.runs[0].decisions if result.runs else 0
+    return Section(
+        title="Conflict resolver decisions per second",
+        head=list(result.headers),
+        rows=result.rows(),
+        notes=(
+            f"{decisions:,} deliveries over 1,000 aggregates (5% duplicates, 10% delivered 1-3 "
+            "places late within their aggregate), one thread, state in a dict "
+            "(`ConflictState`); the last row keeps the state in a `ReadModelBatch` of 500 "
+            "events over an in-memory store (no server). Baseline: no policy (pass-through), "
+            "measured in the same run."
+        ),
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:

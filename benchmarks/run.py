@@ -20,6 +20,7 @@ from rich.console import Console
 
 from benchmarks.boundary import boundary_section, run_boundary
 from benchmarks.common import endpoints
+from benchmarks.conflicts import conflicts_section, run_conflicts
 from benchmarks.latency import run_latency
 from benchmarks.machine import machine_facts
 from benchmarks.report import print_report, write_results
@@ -31,6 +32,7 @@ FULL = {
     "consume_writes": 200,
     "events": 50_000,
     "boundary_ops": 300,
+    "decisions": 200_000,
 }
 QUICK = {
     "writes": 200,
@@ -38,6 +40,7 @@ QUICK = {
     "consume_writes": 20,
     "events": 5_000,
     "boundary_ops": 40,
+    "decisions": 20_000,
 }
 
 
@@ -84,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     sections = [
         boundary_section(run_boundary(ep, ops=sizes["boundary_ops"], progress=console.print))
     ]
+    console.print(f"[bold]conflict resolver[/] ({sizes['decisions']:,} decisions per strategy)")
+    sections.append(conflicts_section(run_conflicts(sizes["decisions"], console.print)))
     wall = time.perf_counter() - started
 
     print_report(console, facts, lat, tp, sections)

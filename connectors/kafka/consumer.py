@@ -173,6 +173,13 @@ class KafkaRecordConsumer:
             if p.error is None and p.offset >= 0
         }
 
+    def group_metadata(self) -> object:
+        """The group's metadata, for ``send_offsets`` of a transaction (fences zombies)."""
+        try:
+            return self._consumer.consumer_group_metadata()
+        except KafkaException as exc:
+            raise ConsumeError(f"no group metadata: {exc.args[0]}", group=self.group_id) from exc
+
     def assignment(self) -> list[TopicPartition]:
         return [TopicPartition(p.topic, p.partition) for p in self._consumer.assignment()]
 

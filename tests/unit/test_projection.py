@@ -13,6 +13,7 @@ from tests.memory import (
     InMemoryReadModelStore,
 )
 from tests.order_stats import cancelled_event, order_stats, placed_event, replay
+from toolkit.conflicts import ConflictResolver, ResolverPolicy
 from toolkit.consistency import EventualConsistencyManager, ReadAfterWrite
 from toolkit.dead_letter import DeadLetter, DeadLetterQueue
 from toolkit.envelope import Envelope
@@ -20,7 +21,7 @@ from toolkit.errors import ConsistencyTimeout
 from toolkit.hlc import HybridLogicalClock
 from toolkit.ports import OutgoingRecord
 from toolkit.positions import ConsistencyToken, Position, TopicPartition
-from toolkit.projection import ProjectionRunner
+from toolkit.projection import ProjectionRunner, fence_key, resolutions_key
 from toolkit.publisher import EventPublisher
 from toolkit.read_model import ReadModelBatch
 from toolkit.tracker import ProjectionTracker
@@ -261,3 +262,35 @@ def test_net_changes_have_the_same_effect_as_all_changes() -> None:
     store_net.apply("p", batch.net_changes(), {}, {})
     assert store_all.dump("p") == store_net.dump("p") == {"d:b": {"n": 9}, "c:c": {"x": 5, "y": -1}}
     assert len(batch.net_changes()) == 4
+
+
+def test_an_event_with_an_older_fence_than_applied_is_dead_lettered_and_counted() -> None:
+    world = World()
+    runner = world.runner()
+    first = placed_event("o-1", "c1", 100).with_changes(fence=7)
+    stale = cancelled_event("o-1", 2).with_changes(fence=5)
+    newer = cancelled_event("o-1", 3).with_changes(fence=9)
+    world.publish(first, stale, newer)
+    runner.run_once()
+    assert runner.stats.fence_rejected == 1
+    dead = [DeadLetter.from_record(r) for r in world.log.topics.get("orders.dlq", [])]
+    assert [(d.reason, d.source.offset) for d in dead] == [("stale_fence", 1)]
+    # The stale event changed nothing; the newer holder's did.
+    assert world.store.get("stats", "order:o-1") == {"status": "cancelled", "total": 100, "seq": 3}
+    assert world.store.get("stats", fence_key("order", "o-1")) == {"fence": 9}
+
+
+def test_events_go_through_the_resolver_and_its_rejections_are_audited() -> None:
+    world = World()
+    resolver = ConflictResolver({"order": ResolverPolicy(("deduplicate", "last_write_wins"))})
+    runner = world.runner(resolver=resolver)
+    placed = placed_event("o-2", "c1", 250)
+    world.publish(placed)
+    # A redelivery of the same event (same id) must not count the order twice.
+    world.publish(placed)
+    runner.run_once()
+    assert world.store.counters("stats", "customer:c1") == {"orders": 1, "cents": 250}
+    assert runner.stats.conflicts_rejected == {"duplicate": 1}
+    trail = world.store.get("stats", resolutions_key("order", "o-2"))
+    assert trail is not None
+    assert [e["reason"] for e in trail["entries"]] == ["duplicate"]

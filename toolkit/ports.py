@@ -39,6 +39,7 @@ __all__ = [
     "RecordProducer",
     "RecordTransaction",
     "RevokeCallback",
+    "SagaStepStore",
     "TransactionalProducer",
 ]
 
@@ -283,6 +284,29 @@ class CheckpointedReadModelStore(ReadModelStore, Protocol):
 
     def reset(self, projection: str) -> None:
         """Delete the projection's data and offsets (for a rebuild)."""
+        ...
+
+
+class SagaStepStore(ReadModelStore, Protocol):
+    """A saga participant's read model and its once-only step outcomes."""
+
+    def outcome(self, participant: str, key: str) -> dict[str, Any] | None:
+        """The outcome recorded under ``key``, or None."""
+        ...
+
+    def record_once(
+        self,
+        participant: str,
+        key: str,
+        changes: Sequence[ReadModelChange],
+        outcome: Mapping[str, Any],
+    ) -> tuple[bool, dict[str, Any]]:
+        """Apply ``changes`` and record ``outcome`` under ``key`` in one atomic step,
+        unless ``key`` is already recorded.
+
+        Returns ``(True, outcome)`` when recorded now, else ``(False, stored)``
+        with nothing changed.
+        """
         ...
 
 

@@ -6,6 +6,7 @@ from connectors.redis.positions import (
     RedisPositionNotifier,
 )
 from connectors.redis.read_model import RedisReadModelStore
+from connectors.redis.saga_store import RedisSagaStepStore
 from connectors.redis.settings import RedisSettings
 
 __all__ = [
@@ -13,5 +14,6 @@ __all__ = [
     "RedisPositionListener",
     "RedisPositionNotifier",
     "RedisReadModelStore",
+    "RedisSagaStepStore",
     "RedisSettings",
 ]

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from pydantic import SecretStr
 
@@ -26,6 +27,7 @@ from connectors.redis import (
     RedisPositionListener,
     RedisPositionNotifier,
     RedisReadModelStore,
+    RedisSagaStepStore,
     RedisSettings,
 )
 from connectors.zookeeper import ZooKeeperLockService, ZooKeeperSettings
@@ -39,9 +41,16 @@ from toolkit.hlc import HybridLogicalClock
 from toolkit.positions import TopicPartition
 from toolkit.projection import Projection, ProjectionRunner
 from toolkit.publisher import EventPublisher
+from toolkit.saga.client import SagaClient, SagaWatchdog
+from toolkit.saga.definition import SagaDefinition
+from toolkit.saga.participant import SagaParticipant, StepAction
+from toolkit.saga.state import saga_state_projection
 from toolkit.tracker import ProjectionTracker
 
-__all__ = ["Kct", "KctSettings"]
+__all__ = ["SAGA_STATE", "Kct", "KctSettings"]
+
+# The default name of the saga-state projection (the fold of saga replies).
+SAGA_STATE = "kct-saga-state"
 
 
 def _default_node_id() -> str:
@@ -111,6 +120,7 @@ class Kct:
         self, settings: KctSettings | None = None, config: KctConfig | None = None
     ) -> None:
         self.config = config
+        self._owned: list[KafkaTransactionalProducer] = []
         if settings is None:
             settings = KctSettings.from_config(config) if config else KctSettings.from_env()
         self.settings = settings
@@ -210,6 +220,73 @@ class Kct:
             before_commit=before_commit,
         )
 
+    @cached_property
+    def saga_steps(self) -> RedisSagaStepStore:
+        """Participants' read models and once-only step outcomes."""
+        return RedisSagaStepStore(self.settings.redis)
+
+    def saga_participant(
+        self,
+        name: str,
+        definitions: Mapping[str, SagaDefinition],
+        actions: Mapping[str, StepAction],
+        **options: Any,
+    ) -> SagaParticipant:
+        """A member of participant ``name``'s group, with its own transactional producer."""
+        consumer = KafkaRecordConsumer(self.settings.kafka, f"saga-{name}")
+        transactions = KafkaTransactionalProducer(
+            self.settings.kafka, f"kct-{self.settings.node_id}-{name}-{uuid.uuid4().hex[:6]}"
+        )
+        self._owned.append(transactions)
+        return SagaParticipant(
+            name,
+            definitions,
+            actions,
+            consumer=consumer,
+            transactions=transactions,
+            publisher=self.publisher,
+            codec=self.codec,
+            store=self.saga_steps,
+            dead_letters=DeadLetterQueue(self.producer, f"saga-{name}"),
+            group_metadata=consumer.group_metadata,
+            clock=self.clock,
+            **options,
+        )
+
+    def saga_client(
+        self, definitions: Mapping[str, SagaDefinition], state_projection: str = SAGA_STATE
+    ) -> SagaClient:
+        return SagaClient(
+            definitions,
+            transactions=self.transactions,
+            publisher=self.publisher,
+            states=self.store,
+            state_projection=state_projection,
+        )
+
+    def saga_watchdog(
+        self,
+        definitions: Mapping[str, SagaDefinition],
+        state_projection: str = SAGA_STATE,
+        *,
+        namespace: str = "",
+    ) -> SagaWatchdog:
+        return SagaWatchdog(
+            definitions,
+            namespace=namespace,
+            steps=self.saga_steps,
+            states=self.store,
+            state_projection=state_projection,
+            transactions=self.transactions,
+            publisher=self.publisher,
+        )
+
+    def saga_state_runner(
+        self, definitions: Mapping[str, SagaDefinition], state_projection: str = SAGA_STATE
+    ) -> ProjectionRunner:
+        """The projection folding saga replies into ``saga:<id>`` documents."""
+        return self.runner(saga_state_projection(state_projection, definitions))
+
     def runner(
         self,
         projection: Projection,
@@ -245,8 +322,10 @@ class Kct:
             self.producer.close()
         if "transactions" in self.__dict__:
             self.transactions.close()
+        for owned in self._owned:
+            owned.close()
         if "locks" in self.__dict__:
             self.locks.close()
-        for name in ("store", "notifier", "index"):
+        for name in ("store", "notifier", "index", "saga_steps"):
             if name in self.__dict__:
                 self.__dict__[name].close()

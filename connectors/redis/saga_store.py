@@ -1,0 +1,128 @@
+"""Exactly-once local effects of saga participants, in Redis.
+
+``RedisSagaStepStore`` implements ``SagaStepStore``. ``record_once`` runs one
+Lua script: if the step's dedup key is already recorded it changes nothing
+and returns the stored outcome; otherwise it applies the action's read-model
+changes and records the outcome (which holds the reply and next command the
+participant publishes). Redis runs the script atomically, and the append-only
+file keeps its effects as one unit, so after any crash either both the effect
+and its record exist or neither does. A participant that receives a command
+again finds the record and re-publishes what it stored instead of acting
+twice; a watchdog that records a timeout first makes a late command a no-op.
+
+Layout: the participant's read model uses the projection layout
+(``kct:rm:{<participant>}:d:<key>`` documents, ``:c:<key>`` counters), and
+outcomes live at ``kct:rm:{<participant>}:once:<key>``, all in one hash slot.
+
+Failure modes: any Redis error becomes ``StoreError`` naming the participant.
+Outcomes are kept until deleted: they cannot be rebuilt from Kafka (see the
+README's production checklist for Redis durability).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import redis
+
+from connectors.redis.read_model import RedisReadModelStore
+from connectors.redis.settings import RedisSettings
+from toolkit.errors import StoreError
+from toolkit.ports import ReadModelChange
+
+__all__ = ["RedisSagaStepStore"]
+
+_RECORD_ONCE = """
+local existing = redis.call('GET', KEYS[1])
+if existing then
+  return {0, existing}
+end
+local changes = cjson.decode(ARGV[1])
+for _, change in ipairs(changes) do
+  local key = KEYS[change[2]]
+  if change[1] == 'put' then
+    redis.call('SET', key, change[3])
+  elseif change[1] == 'delete' then
+    redis.call('DEL', key)
+  elseif change[1] == 'increment' then
+    redis.call('HINCRBY', key, change[3], change[4])
+  end
+end
+redis.call('SET', KEYS[1], ARGV[2])
+return {1}
+"""
+
+
+class RedisSagaStepStore:
+    """A participant's read model plus its once-only step outcomes."""
+
+    def __init__(self, settings: RedisSettings, client: redis.Redis | None = None) -> None:
+        self._settings = settings
+        self._redis = client or settings.client()
+        self._read_model = RedisReadModelStore(settings, self._redis)
+        self._record_once = self._redis.register_script(_RECORD_ONCE)
+
+    @staticmethod
+    def _prefix(participant: str) -> str:
+        return f"kct:rm:{{{participant}}}:"
+
+    def _fail(self, what: str, participant: str, exc: Exception) -> StoreError:
+        return StoreError(
+            f"Redis {what} failed: {type(exc).__name__}: {exc}",
+            participant=participant,
+            redis=self._settings.safe_url(),
+        )
+
+    def get(self, projection: str, key: str) -> dict[str, Any] | None:
+        return self._read_model.get(projection, key)
+
+    def counters(self, projection: str, key: str) -> dict[str, int]:
+        return self._read_model.counters(projection, key)
+
+    def outcome(self, participant: str, key: str) -> dict[str, Any] | None:
+        try:
+            raw = self._redis.get(f"{self._prefix(participant)}once:{key}")
+        except redis.RedisError as exc:
+            raise self._fail("read", participant, exc) from exc
+        return None if raw is None else dict(json.loads(str(raw)))
+
+    def record_once(
+        self,
+        participant: str,
+        key: str,
+        changes: Sequence[ReadModelChange],
+        outcome: Mapping[str, Any],
+    ) -> tuple[bool, dict[str, Any]]:
+        prefix = self._prefix(participant)
+        keys = [f"{prefix}once:{key}"]
+        index: dict[str, int] = {}
+
+        def key_index(name: str) -> int:
+            if name not in index:
+                keys.append(name)
+                index[name] = len(keys)  # Lua arrays start at 1
+            return index[name]
+
+        encoded: list[list[Any]] = []
+        for change in changes:
+            if change.kind == "put":
+                document = json.dumps(change.document, separators=(",", ":"), sort_keys=True)
+                encoded.append(["put", key_index(f"{prefix}d:{change.key}"), document])
+            elif change.kind == "delete":
+                encoded.append(["delete", key_index(f"{prefix}d:{change.key}")])
+            else:
+                counter = key_index(f"{prefix}c:{change.key}")
+                encoded.append(["increment", counter, change.field, change.amount])
+        stored = json.dumps(outcome, separators=(",", ":"), sort_keys=True)
+        try:
+            result = self._record_once(keys=keys, args=[json.dumps(encoded), stored])
+        except redis.RedisError as exc:
+            raise self._fail("step record", participant, exc) from exc
+        if int(result[0]) == 1:
+            return True, dict(outcome)
+        return False, dict(json.loads(str(result[1])))
+
+    def close(self) -> None:
+        self._redis.close()

@@ -1,0 +1,2 @@
+"""Order fulfillment: ReserveInventory -> ProcessPayment -> ConfirmOrder as a
+choreographed saga across an inventory, a payment and an order service."""

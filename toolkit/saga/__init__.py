@@ -1,0 +1,1 @@
+"""Choreographed sagas: definitions, messages, participants and the state fold."""

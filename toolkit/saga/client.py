@@ -1,0 +1,228 @@
+"""Starting sagas, reading their state, and timing out steps that never reply.
+
+:class:`SagaClient` starts a saga by publishing, in one Kafka transaction,
+``SagaStarted`` to the reply topic and the first step's EXECUTE command. It
+reads a saga's state from the saga-state projection (the fold of replies),
+so any process can answer ``status``.
+
+:class:`SagaWatchdog` times out steps. There is no orchestrator: any process
+may run a watchdog (several may, safely). For a running saga whose current
+step got no reply within the step's timeout, it records the step's outcome
+as a FAILURE **in the participant's dedup record** with the same once-only
+script the participant uses. Whoever records first decides: if the watchdog
+wins, the step never runs (a late command finds the record and only
+re-publishes the timeout), and the watchdog publishes the FAILURE reply and
+the compensation of the previous step; if the participant won, the step ran
+and its reply is on its way, and the watchdog does nothing. A watchdog does
+not time out compensations: they are retried until they succeed or land on
+the compensation-failure topic.
+
+Failure modes: ``start`` raises ``TransactionAborted``/``PublishError`` with
+nothing started; ``wait`` raises ``ConsistencyTimeout`` naming the sagas
+still running.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from toolkit.envelope import Envelope
+from toolkit.errors import ConfigurationError, ConsistencyTimeout
+from toolkit.ports import ReadModelStore, SagaStepStore, TransactionalProducer
+from toolkit.publisher import EventPublisher
+from toolkit.saga.definition import SagaDefinition
+from toolkit.saga.messages import Action, Outcome, SagaCommand, SagaStarted
+from toolkit.saga.participant import (
+    Output,
+    dedup_key,
+    failure_outputs,
+    outputs_document,
+    stored_outputs,
+)
+from toolkit.saga.state import RUNNING_KEY, TERMINAL, SagaStatus, saga_key
+
+__all__ = ["SagaClient", "SagaWatchdog"]
+
+log = logging.getLogger(__name__)
+
+
+def publish_outputs(
+    transactions: TransactionalProducer, publisher: EventPublisher, outputs: Sequence[Output]
+) -> None:
+    """Publish messages to their topics in one transaction."""
+    by_topic: dict[str, list[Envelope]] = defaultdict(list)
+    for topic, envelope in outputs:
+        by_topic[topic].append(envelope)
+    with transactions.begin() as transaction:
+        for topic, envelopes in by_topic.items():
+            publisher.publish_in(transaction, topic, envelopes)
+        transaction.commit()
+
+
+class SagaClient:
+    """Starts sagas and reads their state."""
+
+    def __init__(
+        self,
+        definitions: Mapping[str, SagaDefinition],
+        *,
+        transactions: TransactionalProducer,
+        publisher: EventPublisher,
+        states: ReadModelStore,
+        state_projection: str,
+    ) -> None:
+        self._definitions = dict(definitions)
+        self._transactions = transactions
+        self._publisher = publisher
+        self._states = states
+        self._state_projection = state_projection
+
+    def definition(self, saga_type: str) -> SagaDefinition:
+        try:
+            return self._definitions[saga_type]
+        except KeyError:
+            raise ConfigurationError(
+                "unknown saga type", saga_type=saga_type, known=sorted(self._definitions)
+            ) from None
+
+    def start(
+        self, saga_type: str, context: Mapping[str, str], *, saga_id: str | None = None
+    ) -> str:
+        """Start a saga; returns its id once its first command is committed."""
+        return self.start_many([(saga_type, context, saga_id)])[0]
+
+    def start_many(self, sagas: Iterable[tuple[str, Mapping[str, str], str | None]]) -> list[str]:
+        """Start several sagas in one transaction (all or none)."""
+        outputs: list[Output] = []
+        ids: list[str] = []
+        for saga_type, context, given in sagas:
+            definition = self.definition(saga_type)
+            saga_id = given or str(uuid.uuid4())
+            clean = {str(k): str(v) for k, v in context.items()}
+            first = definition.steps[0]
+            outputs.append(
+                (definition.reply_topic, SagaStarted(saga_id, saga_type, clean).to_envelope())
+            )
+            command = SagaCommand(saga_id, saga_type, first.name, Action.EXECUTE, clean)
+            outputs.append((definition.command_topic(first.participant), command.to_envelope()))
+            ids.append(saga_id)
+        publish_outputs(self._transactions, self._publisher, outputs)
+        return ids
+
+    def status(self, saga_id: str) -> dict[str, Any] | None:
+        """The saga's state document (see ``toolkit.saga.state``), or None if unknown."""
+        return self._states.get(self._state_projection, saga_key(saga_id))
+
+    def wait(
+        self,
+        saga_ids: Sequence[str],
+        timeout: float,
+        *,
+        poll_interval: float = 0.05,
+    ) -> dict[str, dict[str, Any]]:
+        """Block until every saga ended (completed, compensated or failed compensation)."""
+        deadline = time.monotonic() + timeout
+        pending = set(saga_ids)
+        done: dict[str, dict[str, Any]] = {}
+        while True:
+            for saga_id in sorted(pending):
+                state = self.status(saga_id)
+                if state is not None and state["status"] in TERMINAL:
+                    done[saga_id] = state
+            pending -= set(done)
+            if not pending:
+                return done
+            if time.monotonic() >= deadline:
+                raise ConsistencyTimeout(
+                    f"{len(pending)} saga(s) still running after {timeout:g}s",
+                    sagas=sorted(pending)[:10],
+                )
+            time.sleep(poll_interval)
+
+
+class SagaWatchdog:
+    """Fails steps that got no reply in time, so their sagas compensate."""
+
+    def __init__(
+        self,
+        definitions: Mapping[str, SagaDefinition],
+        *,
+        steps: SagaStepStore,
+        states: ReadModelStore,
+        state_projection: str,
+        transactions: TransactionalProducer,
+        publisher: EventPublisher,
+        clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+        namespace: str = "",
+    ) -> None:
+        self._namespace = namespace
+        self._definitions = dict(definitions)
+        self._steps = steps
+        self._states = states
+        self._state_projection = state_projection
+        self._transactions = transactions
+        self._publisher = publisher
+        self._clock_ms = clock_ms
+        self.timed_out = 0
+
+    def check_once(self) -> list[str]:
+        """Time out every overdue step; returns the ids of the sagas it failed."""
+        now = self._clock_ms()
+        running = self._states.counters(self._state_projection, RUNNING_KEY)
+        failed: list[str] = []
+        outputs: list[Output] = []
+        for saga_id, count in running.items():
+            if count <= 0:
+                continue
+            state = self._states.get(self._state_projection, saga_key(saga_id))
+            found = self._overdue(state, now)
+            if found is None:
+                continue
+            decided = self._time_out(*found)
+            if decided:
+                outputs.extend(decided)
+                failed.append(saga_id)
+        if outputs:
+            publish_outputs(self._transactions, self._publisher, outputs)
+            self.timed_out += len(failed)
+        return failed
+
+    def _overdue(
+        self, state: dict[str, Any] | None, now: int
+    ) -> tuple[SagaDefinition, str, str, dict[str, str]] | None:
+        if state is None or state["status"] != SagaStatus.RUNNING.value:
+            return None
+        if state["compensating"] or state["current"] is None:
+            return None
+        definition = self._definitions.get(state["saga_type"])
+        if definition is None:
+            return None
+        step = definition.step(state["current"])
+        if now < int(state["step_started_ms"]) + step.timeout * 1000:
+            return None
+        return definition, state["saga_id"], step.name, dict(state["context"])
+
+    def _time_out(
+        self, definition: SagaDefinition, saga_id: str, step_name: str, context: dict[str, str]
+    ) -> list[Output]:
+        step = definition.step(step_name)
+        error = f"no reply within {step.timeout:g}s (timed out by a watchdog)"
+        outputs = failure_outputs(definition, step, saga_id, context, error)
+        recorded, stored = self._steps.record_once(
+            f"{self._namespace}{step.participant}",
+            dedup_key(saga_id, step.name, Action.EXECUTE),
+            [],
+            outputs_document(Outcome.FAILURE, outputs, by="watchdog"),
+        )
+        if recorded:
+            log.warning("saga %s: step %s timed out; compensating", saga_id, step.name)
+            return outputs
+        if stored.get("by") == "watchdog":
+            # Recorded by a watchdog that may have died before publishing: again (idempotent).
+            return stored_outputs(stored)
+        return []  # the step ran: its reply is on its way

@@ -1,0 +1,434 @@
+"""Saga participants: perform a step once in effect, reply and pass the saga on.
+
+A :class:`SagaParticipant` is one member of the consumer group
+``saga-<participant>`` reading the participant's command topics. Per poll:
+
+1. for each command, look up its dedup record (saga id + step + action): if
+   present, the step was already decided: re-publish what was stored;
+2. otherwise run the action against a ``ReadModelBatch`` of the participant's
+   read model and, in **one Redis script**, apply its changes and record the
+   outcome together with the messages it produces (the reply, and the next
+   command: the next step's EXECUTE on success, the previous step's
+   COMPENSATE on failure or after a compensation);
+3. in **one Kafka transaction**, publish every reply and next command of the
+   poll and commit the consumer offsets (``send_offsets_to_transaction`` with
+   the group's metadata, which fences a zombie member).
+
+A crash between 2 and 3 replays the commands; their dedup records make the
+replay re-publish, not re-act: every local effect happens exactly once.
+
+Actions: ``action(step_context, view) -> context delta`` (a mapping of
+strings) for EXECUTE; raise :class:`StepFailed` for a business failure (no
+retry). Other exceptions are retried with back-off, then count as a failure.
+Compensations run only for steps that executed successfully here (anything
+else has nothing to undo, so "compensate step k" is safe whether or not step
+k ran); one that still fails after ``compensation_retries`` goes to the
+saga's compensation-failure topic with the full context, is replied as a
+FAILURE (the saga ends FAILED_COMPENSATION, needing attention), and the
+compensation of earlier steps continues.
+
+Failure modes: a command that is not valid for this participant (unknown
+saga type or step, another participant's step) is dead-lettered
+(``invalid_command``); a Kafka transaction that fails is aborted and the
+poll's commands are read again (their outcomes are already recorded).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from toolkit.conflicts import envelope_from_document, envelope_to_document
+from toolkit.dead_letter import DeadLetterQueue
+from toolkit.envelope import ConsumedEvent, Envelope
+from toolkit.errors import ConfigurationError, ConnectorError, ToolkitError
+from toolkit.hlc import HybridLogicalClock
+from toolkit.ports import (
+    EventCodec,
+    ReadModelChange,
+    RecordConsumer,
+    SagaStepStore,
+    TransactionalProducer,
+)
+from toolkit.positions import TopicPartition
+from toolkit.publisher import EventPublisher
+from toolkit.read_model import ReadModelBatch
+from toolkit.reader import EventReader
+from toolkit.saga.definition import SagaDefinition, SagaStep
+from toolkit.saga.messages import (
+    COMMAND,
+    Action,
+    Outcome,
+    SagaCommand,
+    SagaCompensationFailed,
+    SagaReply,
+)
+
+__all__ = [
+    "Output",
+    "SagaParticipant",
+    "StepAction",
+    "StepContext",
+    "StepFailed",
+    "compensate_before",
+    "dedup_key",
+    "failure_outputs",
+    "outputs_document",
+]
+
+log = logging.getLogger(__name__)
+
+
+class StepFailed(ToolkitError):
+    """A step cannot be done for a business reason (out of stock, card declined)."""
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What an action sees: which saga and step, and the saga's context so far."""
+
+    saga_id: str
+    saga_type: str
+    step: str
+    action: Action
+    context: Mapping[str, str]
+    attempt: int
+
+
+StepAction = Callable[[StepContext, ReadModelBatch], Mapping[str, str] | None]
+Output = tuple[str, Envelope]  # (topic, message)
+
+
+def dedup_key(saga_id: str, step: str, action: Action) -> str:
+    return f"{saga_id}/{step}/{action.value}"
+
+
+def outputs_document(outcome: Outcome, outputs: Sequence[Output], **extra: Any) -> dict[str, Any]:
+    """What a dedup record stores: the outcome and the messages to (re-)publish."""
+    return {
+        "outcome": outcome.value,
+        "outputs": [{"topic": t, "event": envelope_to_document(e)} for t, e in outputs],
+        **extra,
+    }
+
+
+def stored_outputs(record: Mapping[str, Any]) -> list[Output]:
+    return [(o["topic"], envelope_from_document(o["event"])) for o in record["outputs"]]
+
+
+class SagaParticipant:
+    """One member of a participant service's command consumer group."""
+
+    def __init__(
+        self,
+        name: str,
+        definitions: Mapping[str, SagaDefinition],
+        actions: Mapping[str, StepAction],
+        *,
+        consumer: RecordConsumer,
+        transactions: TransactionalProducer,
+        publisher: EventPublisher,
+        codec: EventCodec,
+        store: SagaStepStore,
+        dead_letters: DeadLetterQueue,
+        group_metadata: Callable[[], object],
+        clock: HybridLogicalClock | None = None,
+        retries: int = 2,
+        backoff: float = 0.05,
+        max_batch: int = 100,
+        poll_timeout: float = 0.1,
+        sleep: Callable[[float], None] = time.sleep,
+        namespace: str = "",
+    ) -> None:
+        self.name = name
+        # The participant's read model (and dedup records) in the store.
+        self.read_model = f"{namespace}{name}"
+        self._definitions = {t: d for t, d in definitions.items() if name in d.participants}
+        if not self._definitions:
+            raise ConfigurationError("no saga has a step for this participant", participant=name)
+        self._check_actions(actions)
+        self._actions = dict(actions)
+        self._consumer = consumer
+        self._reader = EventReader(consumer, codec, dead_letters, clock)
+        self._transactions = transactions
+        self._publisher = publisher
+        self._store = store
+        self._dead_letters = dead_letters
+        self._group_metadata = group_metadata
+        self._retries = retries
+        self._backoff = backoff
+        self._max_batch = max_batch
+        self._poll_timeout = poll_timeout
+        self._sleep = sleep
+        self._owned: set[TopicPartition] = set()
+        self._stopping = threading.Event()
+        self.stats: dict[str, int] = defaultdict(int)
+        topics = sorted({d.command_topic(name) for d in self._definitions.values()})
+        self._reader.subscribe(topics, self._assigned, self._revoked)
+
+    def _check_actions(self, actions: Mapping[str, StepAction]) -> None:
+        needed = {
+            a
+            for d in self._definitions.values()
+            for s in d.steps
+            if s.participant == self.name
+            for a in (s.command, s.compensation)
+            if a is not None
+        }
+        missing = sorted(needed - set(actions))
+        if missing:
+            raise ConfigurationError(
+                "participant has no action for some of its steps",
+                participant=self.name,
+                missing=missing,
+            )
+
+    def _assigned(self, partitions: list[TopicPartition]) -> None:
+        self._owned.update(partitions)
+
+    def _revoked(self, partitions: list[TopicPartition]) -> None:
+        # Nothing is in flight between polls: each poll ends committed or rewound.
+        self._owned.difference_update(partitions)
+        self._reader.forget(partitions)
+
+    # -- the loop ---------------------------------------------------------
+    def run(self, stop: threading.Event | None = None) -> None:
+        while not self._stopping.is_set() and not (stop is not None and stop.is_set()):
+            self.run_once()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def run_once(self) -> int:
+        """One poll: decide every command, then publish and commit in one transaction."""
+        events = self._reader.poll(self._max_batch, self._poll_timeout)
+        offsets = self._offsets()
+        if not offsets:
+            return 0
+        try:
+            outputs: list[Output] = []
+            for event in events:
+                outputs.extend(self._handle(event))
+            self._publish(outputs, offsets)
+        except ConnectorError as exc:
+            self.stats["rewinds"] += 1
+            log.warning("%s: poll not committed (%s); reading it again", self.name, exc)
+            self._rewind(events)
+            self._sleep(self._backoff)
+            return 0
+        self._reader.forget(list(offsets))
+        self.stats["commands"] += len(events)
+        return len(events)
+
+    def _offsets(self) -> dict[TopicPartition, int]:
+        pending = self._reader.pending_offsets
+        for tp, position in self._reader.positions(list(self._owned)).items():
+            if position > pending.get(tp, -1):
+                pending[tp] = position
+        return {tp: o for tp, o in pending.items() if tp in self._owned}
+
+    def _rewind(self, events: Sequence[ConsumedEvent]) -> None:
+        first: dict[TopicPartition, int] = {}
+        for event in events:
+            first.setdefault(event.position.topic_partition, event.position.offset)
+        self._reader.forget(list(self._reader.pending_offsets))
+        if first:
+            self._consumer.rewind(first)
+
+    def _publish(self, outputs: Sequence[Output], offsets: Mapping[TopicPartition, int]) -> None:
+        by_topic: dict[str, list[Envelope]] = defaultdict(list)
+        for topic, envelope in outputs:
+            by_topic[topic].append(envelope)
+        with self._transactions.begin() as transaction:
+            for topic, envelopes in by_topic.items():
+                self._publisher.publish_in(transaction, topic, envelopes)
+            transaction.send_offsets(offsets, self._group_metadata())
+            transaction.commit()
+
+    # -- one command ------------------------------------------------------
+    def _handle(self, event: ConsumedEvent) -> list[Output]:
+        envelope = event.envelope
+        try:
+            if envelope.event_type != COMMAND:
+                raise ConfigurationError("not a saga command", event_type=envelope.event_type)
+            command = SagaCommand.from_payload(envelope.payload)
+            definition = self._definitions.get(command.saga_type)
+            if definition is None:
+                raise ConfigurationError("unknown saga type", saga_type=command.saga_type)
+            step = definition.step(command.step)
+            if step.participant != self.name:
+                raise ConfigurationError("another participant's step", step=step.name)
+        except (ConfigurationError, KeyError, ValueError) as exc:
+            self.stats["invalid_commands"] += 1
+            if event.record is not None:
+                self._dead_letters.send(event.record, "invalid_command", str(exc))
+            return []
+        key = dedup_key(command.saga_id, step.name, command.action)
+        stored = self._store.outcome(self.read_model, key)
+        if stored is not None:
+            self.stats["redelivered"] += 1
+            return stored_outputs(stored)
+        if command.action is Action.EXECUTE:
+            outcome, changes, outputs = self._execute(definition, step, command)
+        else:
+            outcome, changes, outputs = self._compensate(definition, step, command)
+        recorded, stored = self._store.record_once(
+            self.read_model, key, changes, outputs_document(outcome, outputs)
+        )
+        if not recorded:  # decided meanwhile (a watchdog's timeout): keep that decision
+            self.stats["decided_elsewhere"] += 1
+        return stored_outputs(stored)
+
+    def _context(self, command: SagaCommand, step: SagaStep, attempt: int) -> StepContext:
+        return StepContext(
+            command.saga_id, command.saga_type, step.name, command.action, command.context, attempt
+        )
+
+    def _execute(
+        self, definition: SagaDefinition, step: SagaStep, command: SagaCommand
+    ) -> tuple[Outcome, list[ReadModelChange], list[Output]]:
+        action = self._actions[step.command]
+        error: str | None = None
+        for attempt in range(1, self._retries + 2):
+            batch = ReadModelBatch(self._store, self.read_model)
+            try:
+                delta = dict(action(self._context(command, step, attempt), batch) or {})
+            except StepFailed as exc:
+                error = exc.message
+                break
+            except Exception as exc:  # technical trouble: retried, then a failure
+                error = f"{type(exc).__name__}: {exc}"
+                if attempt <= self._retries:
+                    self._sleep(self._backoff * 2 ** (attempt - 1))
+                    continue
+                break
+            self.stats["executed"] += 1
+            reply = SagaReply(
+                command.saga_id,
+                command.saga_type,
+                step.name,
+                Action.EXECUTE,
+                Outcome.SUCCESS,
+                {k: str(v) for k, v in delta.items()},
+            )
+            outputs: list[Output] = [(definition.reply_topic, reply.to_envelope())]
+            following = definition.after(step.name)
+            if following is not None:
+                nxt = SagaCommand(
+                    command.saga_id,
+                    command.saga_type,
+                    following.name,
+                    Action.EXECUTE,
+                    {**command.context, **reply.context_delta},
+                )
+                outputs.append((definition.command_topic(following.participant), nxt.to_envelope()))
+            return Outcome.SUCCESS, batch.net_changes(), outputs
+        self.stats["failed"] += 1
+        return (
+            Outcome.FAILURE,
+            [],
+            failure_outputs(definition, step, command.saga_id, command.context, error),
+        )
+
+    def _compensate(
+        self, definition: SagaDefinition, step: SagaStep, command: SagaCommand
+    ) -> tuple[Outcome, list[ReadModelChange], list[Output]]:
+        executed = self._store.outcome(
+            self.read_model, dedup_key(command.saga_id, step.name, Action.EXECUTE)
+        )
+        outcome = Outcome.SUCCESS
+        changes: list[ReadModelChange] = []
+        extra: list[Output] = []
+        error: str | None = None
+        if (
+            executed is not None
+            and executed["outcome"] == Outcome.SUCCESS.value
+            and step.compensation is not None
+        ):
+            outcome, changes, error, attempts = self._undo(definition, step, command)
+            if outcome is Outcome.FAILURE:
+                failed = SagaCompensationFailed(
+                    command.saga_id,
+                    command.saga_type,
+                    step.name,
+                    self.name,
+                    step.compensation,
+                    command.context,
+                    attempts,
+                    error or "",
+                )
+                extra.append((definition.failure_topic, failed.to_envelope()))
+        else:
+            self.stats["nothing_to_undo"] += 1
+        reply = SagaReply(
+            command.saga_id, command.saga_type, step.name, Action.COMPENSATE, outcome, {}, error
+        )
+        outputs: list[Output] = [*extra, (definition.reply_topic, reply.to_envelope())]
+        outputs.extend(compensate_before(definition, step, command.context, command.saga_id))
+        return outcome, changes, outputs
+
+    def _undo(
+        self, definition: SagaDefinition, step: SagaStep, command: SagaCommand
+    ) -> tuple[Outcome, list[ReadModelChange], str | None, int]:
+        assert step.compensation is not None
+        action = self._actions[step.compensation]
+        error = ""
+        attempts = definition.compensation_retries + 1
+        for attempt in range(1, attempts + 1):
+            batch = ReadModelBatch(self._store, self.read_model)
+            try:
+                action(self._context(command, step, attempt), batch)
+            except Exception as exc:  # a compensation must not give up quietly
+                error = f"{type(exc).__name__}: {exc}"
+                log.warning(
+                    "%s: compensation %s of saga %s failed (attempt %d/%d): %s",
+                    self.name,
+                    step.compensation,
+                    command.saga_id,
+                    attempt,
+                    attempts,
+                    error,
+                )
+                if attempt < attempts:
+                    self._sleep(self._backoff * 2 ** (attempt - 1))
+                continue
+            self.stats["compensated"] += 1
+            return Outcome.SUCCESS, batch.net_changes(), None, attempt
+        self.stats["compensation_failed"] += 1
+        return Outcome.FAILURE, [], error, attempts
+
+    def close(self) -> None:
+        self._reader.close()
+
+
+def failure_outputs(
+    definition: SagaDefinition,
+    step: SagaStep,
+    saga_id: str,
+    context: Mapping[str, str],
+    error: str | None,
+) -> list[Output]:
+    """The reply of a failed (or timed-out) EXECUTE and the compensation it starts."""
+    reply = SagaReply(
+        saga_id, definition.saga_type, step.name, Action.EXECUTE, Outcome.FAILURE, {}, error
+    )
+    return [
+        (definition.reply_topic, reply.to_envelope()),
+        *compensate_before(definition, step, context, saga_id),
+    ]
+
+
+def compensate_before(
+    definition: SagaDefinition, step: SagaStep, context: Mapping[str, str], saga_id: str
+) -> list[Output]:
+    """The COMPENSATE command of the step before ``step`` (none for the first)."""
+    previous = definition.before(step.name)
+    if previous is None:
+        return []
+    command = SagaCommand(saga_id, definition.saga_type, previous.name, Action.COMPENSATE, context)
+    return [(definition.command_topic(previous.participant), command.to_envelope())]

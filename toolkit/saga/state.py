@@ -1,0 +1,187 @@
+"""A saga's state is the fold of its replies.
+
+:func:`fold` applies one message (``SagaStarted`` or ``SagaReply``) to a
+saga's state document; :func:`saga_state_projection` runs that fold as an
+ordinary projection over the reply topics, so any process can show any saga
+(``kct saga status <id>``) and the document is exact after crashes like every
+read model.
+
+States: ``RUNNING`` (including while compensating), ``COMPLETED``,
+``COMPENSATED`` (a step failed and every executed step was undone), and
+``FAILED_COMPENSATION`` (a compensation kept failing: the saga needs
+attention; its context is on the compensation-failure topic). The fold is
+idempotent: a redelivered reply changes nothing, and a reply that arrives
+after its step was already decided (a late success after a timeout) is
+recorded under ``late`` and changes nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import Any
+
+from toolkit.envelope import Envelope
+from toolkit.projection import Projection
+from toolkit.read_model import ReadModelBatch
+from toolkit.saga.definition import SagaDefinition
+from toolkit.saga.messages import REPLY, STARTED, Action, Outcome, SagaReply, SagaStarted
+
+__all__ = ["RUNNING_KEY", "SagaStatus", "fold", "saga_key", "saga_state_projection"]
+
+# Counter hash of running sagas (saga id -> 1 while running) for watchdogs.
+RUNNING_KEY = "running"
+TOTALS_KEY = "totals"
+
+
+class SagaStatus(StrEnum):
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    COMPENSATED = "COMPENSATED"
+    FAILED_COMPENSATION = "FAILED_COMPENSATION"
+
+
+TERMINAL = frozenset({SagaStatus.COMPLETED, SagaStatus.COMPENSATED, SagaStatus.FAILED_COMPENSATION})
+
+
+def saga_key(saga_id: str) -> str:
+    return f"saga:{saga_id}"
+
+
+def _new(
+    definition: SagaDefinition, saga_id: str, context: Mapping[str, str], at_ms: int
+) -> dict[str, Any]:
+    return {
+        "saga_id": saga_id,
+        "saga_type": definition.saga_type,
+        "status": SagaStatus.RUNNING.value,
+        "context": dict(context),
+        "started_at_ms": at_ms,
+        "updated_at_ms": at_ms,
+        "current": definition.steps[0].name,
+        "step_started_ms": at_ms,
+        "compensating": False,
+        "needs_attention": False,
+        "steps": [
+            {
+                "name": s.name,
+                "participant": s.participant,
+                "execute": None,
+                "compensate": None,
+                "error": None,
+            }
+            for s in definition.steps
+        ],
+        "late": [],
+    }
+
+
+def fold(
+    state: dict[str, Any] | None,
+    message: SagaStarted | SagaReply,
+    definition: SagaDefinition,
+) -> dict[str, Any]:
+    """The saga's state after ``message`` (a new dict; ``state`` is not changed)."""
+    if isinstance(message, SagaStarted):
+        if state is not None:
+            return state  # redelivered
+        return _new(definition, message.saga_id, message.context, message.started_at_ms)
+    doc = (
+        _new(definition, message.saga_id, {}, message.replied_at_ms)
+        if state is None
+        else {**state, "steps": [dict(s) for s in state["steps"]], "late": list(state["late"])}
+    )
+    index = definition.index(message.step)
+    step = doc["steps"][index]
+    field = "execute" if message.action is Action.EXECUTE else "compensate"
+    if step[field] is not None or doc["status"] in TERMINAL:
+        if step[field] == message.outcome.value:
+            assert state is not None
+            return state  # redelivered
+        doc["late"].append(
+            {
+                "step": message.step,
+                "action": message.action.value,
+                "outcome": message.outcome.value,
+                "at_ms": message.replied_at_ms,
+            }
+        )
+        return doc
+    step[field] = message.outcome.value
+    doc["updated_at_ms"] = message.replied_at_ms
+    if message.error:
+        step["error"] = message.error
+    if message.action is Action.EXECUTE:
+        _after_execute(doc, definition, index, message)
+    else:
+        _after_compensate(doc, definition, index, message)
+    return doc
+
+
+def _after_execute(
+    doc: dict[str, Any], definition: SagaDefinition, index: int, reply: SagaReply
+) -> None:
+    if reply.outcome is Outcome.SUCCESS:
+        doc["context"] = {**doc["context"], **reply.context_delta}
+        if index + 1 == len(definition.steps):
+            doc["status"], doc["current"] = SagaStatus.COMPLETED.value, None
+        else:
+            doc["current"] = definition.steps[index + 1].name
+            doc["step_started_ms"] = reply.replied_at_ms
+        return
+    doc["compensating"] = True
+    _compensate_from(doc, definition, index - 1, reply.replied_at_ms)
+
+
+def _after_compensate(
+    doc: dict[str, Any], definition: SagaDefinition, index: int, reply: SagaReply
+) -> None:
+    if reply.outcome is Outcome.FAILURE:
+        doc["needs_attention"] = True
+    _compensate_from(doc, definition, index - 1, reply.replied_at_ms)
+
+
+def _compensate_from(
+    doc: dict[str, Any], definition: SagaDefinition, index: int, at_ms: int
+) -> None:
+    """Next: compensate step ``index`` (the previous executed one), or finish."""
+    if index >= 0:
+        doc["current"] = definition.steps[index].name
+        doc["step_started_ms"] = at_ms
+        return
+    doc["current"] = None
+    failed = any(s["compensate"] == Outcome.FAILURE.value for s in doc["steps"])
+    doc["status"] = (SagaStatus.FAILED_COMPENSATION if failed else SagaStatus.COMPENSATED).value
+
+
+def saga_state_projection(name: str, definitions: Mapping[str, SagaDefinition]) -> Projection:
+    """The projection keeping ``saga:<id>`` documents for the given saga types."""
+    projection = Projection(name, sorted({d.reply_topic for d in definitions.values()}))
+
+    def apply(message: SagaStarted | SagaReply, view: ReadModelBatch) -> None:
+        definition = definitions.get(message.saga_type)
+        if definition is None:
+            raise ValueError(f"unknown saga type {message.saga_type!r}")
+        key = saga_key(message.saga_id)
+        before = view.get(key)
+        after = fold(before, message, definition)
+        if after is before:
+            return
+        view.put(key, after)
+        was = before["status"] if before else None
+        if before is None and after["status"] == SagaStatus.RUNNING.value:
+            view.increment(RUNNING_KEY, message.saga_id, 1)
+        if after["status"] != was and after["status"] in TERMINAL:
+            if before is not None:
+                view.increment(RUNNING_KEY, message.saga_id, -1)
+            view.increment(TOTALS_KEY, after["status"])
+
+    @projection.on(STARTED)
+    def started(event: Envelope, view: ReadModelBatch) -> None:
+        apply(SagaStarted.from_payload(event.payload), view)
+
+    @projection.on(REPLY)
+    def replied(event: Envelope, view: ReadModelBatch) -> None:
+        apply(SagaReply.from_payload(event.payload), view)
+
+    return projection

@@ -12,15 +12,20 @@ Error classes, as librdkafka defines them, each handled here:
 
 * an error that ``txn_requires_abort()`` (a record rejected, the transaction
   timed out on the broker): the transaction is aborted and
-  ``TransactionAborted`` raised; nothing of it is visible;
+  ``TransactionAborted`` raised; nothing of it is visible. After a rejected
+  record the producer is also re-created: librdkafka's next transaction
+  would otherwise fail on skipped sequence numbers;
 * a retriable error on commit (a timeout, a coordinator moving): commit is
   retried a bounded number of times; if it still fails the outcome is
   unknown, so the producer is re-created (``init_transactions`` makes the
   broker finish or abort the old transaction before any new one can start:
   a late commit marker can never commit a later transaction) and
   ``PublishError(outcome="unknown")`` is raised;
-* a fatal error (fenced by a newer instance, ...): the producer is re-created
-  and ``PublishError`` raised.
+* fenced (a newer producer took the same ``transactional.id``): this
+  instance is a zombie; it closes itself and raises ``PublishError``, and
+  never re-initialises (that would fence the newer one in turn);
+* any other fatal error: the producer is re-created and ``PublishError``
+  raised.
 
 A transaction left open (its context manager exited without commit) is
 aborted.
@@ -49,6 +54,10 @@ __all__ = ["KafkaTransaction", "KafkaTransactionalProducer"]
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
+
+_FENCED = frozenset(
+    {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH}
+)
 
 
 def _kafka_error(exc: KafkaException) -> KafkaError:
@@ -150,6 +159,17 @@ class KafkaTransactionalProducer:
             return call()
         except KafkaException as exc:
             error = _kafka_error(exc)
+            if error.code() in _FENCED:
+                # Another producer owns our transactional.id now: re-initialising
+                # would fence it in turn. This instance is a zombie: stop.
+                self._closed.set()
+                raise PublishError(
+                    f"{what} failed: fenced by a newer producer with the same "
+                    "transactional.id (two processes share a node id?); this producer "
+                    "is closed",
+                    transactional_id=self.transactional_id,
+                    code=error.name(),
+                ) from exc
             if error.fatal():
                 self.reinitialise()
                 raise PublishError(
@@ -242,7 +262,15 @@ class KafkaTransaction:
 
     def _fail(self, reason: str, topic: str | None) -> None:
         """Abort and raise: nothing of this transaction becomes visible."""
-        self.abort()
+        if not self._done:
+            try:
+                self._abort_quietly()
+                if not self._owner._closed.is_set():
+                    # After a rejected record librdkafka's next transaction can still
+                    # fail on skipped sequence numbers; a new epoch starts clean.
+                    self._owner.reinitialise()
+            finally:
+                self._finish()
         raise TransactionAborted(
             f"transaction aborted: {reason}",
             topic=topic,
@@ -301,6 +329,9 @@ class KafkaTransaction:
                 return
             except KafkaException as exc:
                 error = _kafka_error(exc)
+                if error.code() in _FENCED:
+                    owner._closed.set()  # a zombie: the newer owner's epoch aborted it
+                    return
                 if error.retriable() and attempt < owner._commit_attempts:
                     continue
                 # Unknown state: a fresh producer aborts it on the broker.

@@ -166,6 +166,7 @@ class SagaParticipant:
         self._poll_timeout = poll_timeout
         self._sleep = sleep
         self._owned: set[TopicPartition] = set()
+        self._committed: dict[TopicPartition, int] = {}
         self._stopping = threading.Event()
         self.stats: dict[str, int] = defaultdict(int)
         topics = sorted({d.command_topic(name) for d in self._definitions.values()})
@@ -195,6 +196,8 @@ class SagaParticipant:
         # Nothing is in flight between polls: each poll ends committed or rewound.
         self._owned.difference_update(partitions)
         self._reader.forget(partitions)
+        for tp in partitions:
+            self._committed.pop(tp, None)
 
     # -- the loop ---------------------------------------------------------
     def run(self, stop: threading.Event | None = None) -> None:
@@ -222,15 +225,21 @@ class SagaParticipant:
             self._sleep(self._backoff)
             return 0
         self._reader.forget(list(offsets))
+        self._committed.update(offsets)
         self.stats["commands"] += len(events)
         return len(events)
 
     def _offsets(self) -> dict[TopicPartition, int]:
+        """Offsets to commit: past what this poll read, and past transaction markers."""
         pending = self._reader.pending_offsets
         for tp, position in self._reader.positions(list(self._owned)).items():
             if position > pending.get(tp, -1):
                 pending[tp] = position
-        return {tp: o for tp, o in pending.items() if tp in self._owned}
+        return {
+            tp: o
+            for tp, o in pending.items()
+            if tp in self._owned and o > self._committed.get(tp, -1)
+        }
 
     def _rewind(self, events: Sequence[ConsumedEvent]) -> None:
         first: dict[TopicPartition, int] = {}

@@ -24,6 +24,7 @@ from benchmarks.conflicts import conflicts_section, run_conflicts
 from benchmarks.latency import run_latency
 from benchmarks.machine import machine_facts
 from benchmarks.report import print_report, write_results
+from benchmarks.sagas import run_sagas, sagas_section
 from benchmarks.throughput import run_throughput
 
 FULL = {
@@ -33,6 +34,7 @@ FULL = {
     "events": 50_000,
     "boundary_ops": 300,
     "decisions": 200_000,
+    "sagas": 1000,
 }
 QUICK = {
     "writes": 200,
@@ -41,6 +43,7 @@ QUICK = {
     "events": 5_000,
     "boundary_ops": 40,
     "decisions": 20_000,
+    "sagas": 100,
 }
 
 
@@ -89,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     console.print(f"[bold]conflict resolver[/] ({sizes['decisions']:,} decisions per strategy)")
     sections.append(conflicts_section(run_conflicts(sizes["decisions"], console.print)))
+    console.print(f"[bold]sagas[/] ({sizes['sagas']:,} OrderFulfillment sagas)")
+    sections.append(sagas_section(run_sagas(ep, sizes["sagas"], console.print)))
     wall = time.perf_counter() - started
 
     print_report(console, facts, lat, tp, sections)

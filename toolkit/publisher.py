@@ -98,6 +98,19 @@ class EventPublisher:
         positions = transaction.produce(records)
         return [PublishedEvent(e, p) for e, p in zip(stamped, positions, strict=True)]
 
+    def publish_routed_in(
+        self, transaction: RecordTransaction, routed: Sequence[tuple[str, Envelope]]
+    ) -> list[PublishedEvent]:
+        """Write events to several topics in one open transaction, with one
+        acknowledgement round trip for all of them."""
+        stamped, records = [], []
+        for topic, event in routed:
+            envelope, record = encode_envelope(topic, event, self._codec, self._clock.now())
+            stamped.append(envelope)
+            records.append(record)
+        positions = transaction.produce(records) if records else []
+        return [PublishedEvent(e, p) for e, p in zip(stamped, positions, strict=True)]
+
     def index(self, published: Sequence[PublishedEvent]) -> None:
         """Record the events' positions by id (for waits by event id); never raises."""
         if self._index is None or not published:

@@ -15,3 +15,7 @@ def test_demo_passes_and_passes_again_on_a_topic_with_earlier_runs() -> None:
         assert result.returncode == 0, result.stdout + result.stderr
         assert "ok: all 6 events of this run consumed" in result.stdout
         assert "undecodable" in result.stdout  # the poison record was dead-lettered
+        # Part two: the order fulfillment saga, every saga finished, invariants hold.
+        assert "sagas by final status (20 in" in result.stdout
+        assert "COMPENSATED" in result.stdout  # declined cards were undone
+        assert "ok: stock and money conserved" in result.stdout

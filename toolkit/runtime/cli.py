@@ -9,6 +9,7 @@ import click
 
 from toolkit.errors import ToolkitError
 from toolkit.runtime.config_cli import config
+from toolkit.runtime.saga_cli import saga
 from toolkit.runtime.stack_cli import stack
 
 
@@ -25,19 +26,27 @@ def cli(verbose: bool) -> None:
 @cli.command()
 @click.option("--events", default=6, show_default=True, help="How many order events to publish.")
 @click.option(
+    "--orders",
+    default=20,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="How many order fulfillment sagas to run (about 25 % with a declined card).",
+)
+@click.option(
     "--use-running-kafka",
     is_flag=True,
     help="Do not start the local stack; use KCT_KAFKA_BOOTSTRAP (or the default) as is.",
 )
-def demo(events: int, use_running_kafka: bool) -> None:
+def demo(events: int, orders: int, use_running_kafka: bool) -> None:
     """Run the demo on the local stack (starting it if needed)."""
     from toolkit.runtime.demo import run_demo
 
-    run_demo(events=events, start_stack=not use_running_kafka)
+    run_demo(events=events, orders=orders, start_stack=not use_running_kafka)
 
 
 cli.add_command(stack)
 cli.add_command(config)
+cli.add_command(saga)
 
 
 def main() -> None:

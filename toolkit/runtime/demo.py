@@ -1,32 +1,69 @@
-"""`kct demo`: Avro events through Kafka on the local stack, with their positions.
+"""`kct demo`: Avro events through Kafka on the local stack, then a saga.
 
-Publishes a few order events, reads them back as a consumer group (through
-the same dead-letter-aware reader projections use, with one poison record
-thrown in), commits, and shows that the group's committed offsets now cover
-the consistency token of the writes. Later issues grow this into the order
-fulfillment saga demo.
+Part one publishes a few order events, reads them back as a consumer group
+(through the same dead-letter-aware reader projections use, with one poison
+record thrown in), commits, and shows that the group's committed offsets now
+cover the consistency token of the writes.
+
+Part two runs the order fulfillment saga of ``examples/order_fulfillment``
+(ReserveInventory -> ProcessPayment -> ConfirmOrder across an inventory, a
+payment and an order service) on a fresh shop with its own topics: a batch of
+orders, about a quarter with a declined card, with the participants, the
+saga-state projection and a watchdog running on threads. It waits until
+every saga ended, shows the outcomes, and checks that stock and money are
+conserved (every declined order's reservation was released).
+
+Failure modes: a ``ToolkitError`` (exit 1) when an event was not consumed and
+committed, a saga did not finish in time, or an invariant does not hold.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
+from collections import Counter
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from connectors.avro import AvroCodec, AvroSchemaRegistry, bundled_schema_dir
 from connectors.kafka import KafkaAdmin, KafkaRecordConsumer, KafkaRecordProducer, KafkaSettings
+from connectors.redis import RedisSettings
+from connectors.zookeeper import ZooKeeperSettings
 from toolkit.dead_letter import DeadLetterQueue, dead_letter_topic
 from toolkit.envelope import ConsumedEvent, Envelope
-from toolkit.errors import ToolkitError
+from toolkit.errors import ConsistencyError, ConsistencyTimeout, ToolkitError
 from toolkit.hlc import HybridLogicalClock
 from toolkit.ports import OutgoingRecord
 from toolkit.positions import ConsistencyToken, TopicPartition
 from toolkit.publisher import EventPublisher
 from toolkit.reader import EventReader
+from toolkit.runtime.app import Kct, KctSettings
+from toolkit.saga.state import SagaStatus
+
+if TYPE_CHECKING:
+    from examples.order_fulfillment.shop import Shop
+
+log = logging.getLogger(__name__)
 
 ORDERS_TOPIC = "kct.demo.orders"
+DECLINE_RATIO = 0.25  # share of saga orders paid with a declined card
+STATUS_MEANING = {
+    SagaStatus.COMPLETED: "stock reserved, card charged, order confirmed",
+    SagaStatus.COMPENSATED: "a step failed; the steps before it were undone",
+    SagaStatus.FAILED_COMPENSATION: "an undo kept failing: needs attention",
+    SagaStatus.RUNNING: "not finished",
+}
+STATUS_STYLE = {
+    SagaStatus.COMPLETED: "green",
+    SagaStatus.COMPENSATED: "yellow",
+    SagaStatus.FAILED_COMPENSATION: "bold red",
+    SagaStatus.RUNNING: "cyan",
+}
 
 
 def _order_events(count: int) -> list[Envelope]:
@@ -64,20 +101,34 @@ def _order_events(count: int) -> list[Envelope]:
     return events
 
 
-def run_demo(events: int = 6, start_stack: bool = True) -> None:
+def run_demo(events: int = 6, orders: int = 20, start_stack: bool = True) -> None:
     console = Console()
-    if start_stack:
-        from toolkit.runtime.stack import LocalStack
+    settings = _settings(console, start_stack)
+    _events_demo(console, settings.kafka, events)
+    _saga_demo(console, settings, orders)
 
-        local = LocalStack()
-        console.print(
-            "[bold]kct demo[/]: bringing the local stack up (first run downloads and builds)…"
-        )
-        local.up()
-        settings = KafkaSettings(bootstrap_servers=local.endpoints().kafka_bootstrap)
-    else:
-        settings = KafkaSettings.from_env()
 
+def _settings(console: Console, start_stack: bool) -> KctSettings:
+    """Connections to the local stack (brought up first) or from the environment."""
+    if not start_stack:
+        return KctSettings.from_env()
+    from toolkit.runtime.stack import LocalStack
+
+    local = LocalStack()
+    console.print(
+        "[bold]kct demo[/]: bringing the local stack up (first run downloads and builds)…"
+    )
+    local.up()
+    found = local.endpoints()
+    return KctSettings(
+        kafka=KafkaSettings(bootstrap_servers=found.kafka_bootstrap),
+        redis=RedisSettings(url=found.redis_url),
+        zookeeper=ZooKeeperSettings(hosts=found.zookeeper_hosts),
+    )
+
+
+def _events_demo(console: Console, settings: KafkaSettings, events: int) -> None:
+    """Part one: events out and back in, committed offsets covering the token."""
     admin = KafkaAdmin(settings)
     admin.create_topics([ORDERS_TOPIC, dead_letter_topic(ORDERS_TOPIC)], partitions=3)
     codec = AvroCodec(AvroSchemaRegistry.from_directories(bundled_schema_dir()))
@@ -154,3 +205,158 @@ def _read(reader: EventReader, until: ConsistencyToken, timeout_s: float) -> lis
         consumed.extend(reader.poll(max_events=500, timeout=0.5))
         committed.update(reader.commit())
     return consumed
+
+
+# -- part two: the order fulfillment saga -------------------------------------------
+
+
+def _saga_demo(console: Console, settings: KctSettings, orders: int) -> None:
+    """Part two: a batch of order sagas on a fresh shop, then the invariants."""
+    try:
+        from examples.order_fulfillment.shop import Shop
+    except ImportError as exc:
+        raise ToolkitError(
+            "the order fulfillment example cannot be imported: run kct demo from a source "
+            "checkout (the examples are not part of the package)",
+            missing=exc.name,
+        ) from None
+    shop = Shop()
+    console.print(
+        f"\n[bold]order fulfillment saga[/] on shop {shop.run_id} (topics {shop.topic_prefix}.*): "
+        f"{orders} orders, about {DECLINE_RATIO:.0%} paid with a declined card"
+    )
+    kct = Kct(settings)
+    try:
+        shop.prepare(kct)
+        states, seconds = _run_sagas(kct, shop, orders)
+        problems = shop.invariants(kct, states)
+        _print_outcomes(console, states, seconds)
+        _print_conservation(console, kct, shop)
+        if not problems:  # kept on failure, for a look; the saga states stay in Redis
+            _delete_topics(kct, shop)
+    finally:
+        kct.close()
+    if problems:
+        raise ConsistencyError("demo failed: the saga's invariants do not hold", problems=problems)
+    counts = Counter(s["status"] for s in states.values())
+    console.print(
+        "[green]ok[/]: stock and money conserved: "
+        f"{counts[SagaStatus.COMPLETED]} completed order(s) reserved, charged and confirmed once "
+        f"each; {counts[SagaStatus.COMPENSATED]} compensated order(s) left nothing behind."
+    )
+    console.print(
+        f"inspect one: kct saga status --projection {shop.state_projection} {next(iter(states))}"
+    )
+
+
+def _delete_topics(kct: Kct, shop: Shop) -> None:
+    """The run's topics (and their dead-letter topics): each run would add a dozen."""
+    topics = [t for d in shop.definitions.values() for t in d.topics]
+    try:
+        kct.admin.delete_topics([*topics, *(dead_letter_topic(t) for t in topics)])
+    except ToolkitError as exc:
+        log.warning("demo topics of shop %s not deleted: %s", shop.run_id, exc)
+
+
+def _run_sagas(kct: Kct, shop: Shop, orders: int) -> tuple[dict[str, dict[str, Any]], float]:
+    """Start every order in one transaction and wait until each saga ended."""
+    client = kct.saga_client(shop.definitions, shop.state_projection)
+    timeout = max(60.0, orders / 5)
+    started = time.monotonic()
+    with shop.running(kct):
+        ids = client.start_many(shop.orders(orders, DECLINE_RATIO))
+        try:
+            states = client.wait(ids, timeout)
+        except ConsistencyTimeout as exc:
+            raise ConsistencyTimeout(
+                f"demo failed: {exc.message} (see kct saga status --projection "
+                f"{shop.state_projection} <saga id>)",
+                **exc.context,
+            ) from None
+    return {saga_id: states[saga_id] for saga_id in ids}, time.monotonic() - started
+
+
+def _step_cell(step: Mapping[str, Any]) -> Text:
+    """One step's outcome: done / failed (why) / done, undone / not run."""
+    execute, compensate = step.get("execute"), step.get("compensate")
+    if execute is None:
+        return Text("-", style="dim")
+    if execute != "SUCCESS":
+        return Text(f"failed: {step.get('error') or '?'}", style="red")
+    if compensate is None:
+        return Text("done", style="green")
+    if compensate == "SUCCESS":
+        return Text("done, undone", style="yellow")
+    return Text("done, undo FAILED", style="bold red")
+
+
+def _print_outcomes(
+    console: Console, states: Mapping[str, Mapping[str, Any]], seconds: float
+) -> None:
+    counts = Counter(s["status"] for s in states.values())
+    table = Table(title=f"sagas by final status ({len(states)} in {seconds:.1f} s)")
+    for column in ("status", "sagas", "meaning"):
+        table.add_column(column)
+    for status in (SagaStatus.COMPLETED, SagaStatus.COMPENSATED, SagaStatus.FAILED_COMPENSATION):
+        table.add_row(
+            Text(status.value, style=STATUS_STYLE[status]),
+            str(counts[status]),
+            STATUS_MEANING[status],
+        )
+    console.print(table)
+
+    examples: list[Mapping[str, Any]] = []
+    for status in (SagaStatus.COMPLETED, SagaStatus.COMPENSATED, SagaStatus.FAILED_COMPENSATION):
+        examples += [s for s in states.values() if s["status"] == status][:2]
+    if not examples:
+        return
+    table = Table(title="example sagas: each step's outcome")
+    table.add_column("saga", no_wrap=True, min_width=max(len(s["saga_id"]) for s in examples))
+    table.add_column("status")
+    for step in examples[0]["steps"]:
+        table.add_column(str(step["name"]))
+    for state in examples:
+        status = SagaStatus(state["status"])
+        table.add_row(
+            Text(str(state["saga_id"])),
+            Text(status.value, style=STATUS_STYLE[status]),
+            *(_step_cell(step) for step in state["steps"]),
+        )
+    console.print(table)
+
+
+def _print_conservation(console: Console, kct: Kct, shop: Shop) -> None:
+    """Initial = available + held by completed orders, for each sku and for all money."""
+    store = kct.saga_steps
+    inventory, payment = shop.read_model("inventory"), shop.read_model("payment")
+    table = Table(title="conservation (initial = available + held by completed orders)")
+    for column in ("resource", "initial", "available", "held", "conserved"):
+        table.add_column(column)
+    rows: list[tuple[str, int, int, int]] = []
+    reserved = store.counters(inventory, "reserved")
+    for sku, initial in shop.skus.items():
+        available = (store.get(inventory, f"stock:{sku}") or {"available": 0})["available"]
+        rows.append((f"{sku} (units)", initial, int(available), reserved.get(sku, 0)))
+    captured = store.counters(payment, "captured")
+    balances = sum(
+        int((store.get(payment, f"wallet:{c}") or {"balance": 0})["balance"])
+        for c in shop.customers
+    )
+    rows.append(
+        (
+            f"money (cents, {len(shop.customers)} wallets)",
+            sum(shop.customers.values()),
+            balances,
+            sum(captured.values()),
+        )
+    )
+    for name, initial, available, held in rows:
+        ok = available + held == initial
+        table.add_row(
+            name,
+            str(initial),
+            str(available),
+            str(held),
+            Text("yes", style="green") if ok else Text("NO", style="bold red"),
+        )
+    console.print(table)

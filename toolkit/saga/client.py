@@ -27,11 +27,9 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from toolkit.envelope import Envelope
 from toolkit.errors import ConfigurationError, ConsistencyTimeout
 from toolkit.ports import ReadModelStore, SagaStepStore, TransactionalProducer
 from toolkit.publisher import EventPublisher
@@ -55,12 +53,8 @@ def publish_outputs(
     transactions: TransactionalProducer, publisher: EventPublisher, outputs: Sequence[Output]
 ) -> None:
     """Publish messages to their topics in one transaction."""
-    by_topic: dict[str, list[Envelope]] = defaultdict(list)
-    for topic, envelope in outputs:
-        by_topic[topic].append(envelope)
     with transactions.begin() as transaction:
-        for topic, envelopes in by_topic.items():
-            publisher.publish_in(transaction, topic, envelopes)
+        publisher.publish_routed_in(transaction, outputs)
         transaction.commit()
 
 

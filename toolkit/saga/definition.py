@@ -19,7 +19,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
 from toolkit.config_errors import Problem, config_error, read_yaml, validation_problems
 from toolkit.errors import ConfigurationError
@@ -41,6 +42,17 @@ class SagaStep(BaseModel):
     timeout: Annotated[float, Field(gt=0)] = 30.0
 
 
+def _check_unique(steps: Sequence[SagaStep]) -> None:
+    names = [step.name for step in steps]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise PydanticCustomError(
+            "unique_steps",
+            "step names must be unique; repeated: {names}",
+            {"names": ", ".join(twice)},
+        )
+
+
 class SagaDefinition(BaseModel):
     """A saga type: its steps in execution order."""
 
@@ -51,13 +63,11 @@ class SagaDefinition(BaseModel):
     topic_prefix: Name | None = None
     compensation_retries: Annotated[int, Field(ge=0)] = 3
 
-    @model_validator(mode="after")
-    def _unique_step_names(self) -> SagaDefinition:
-        names = [step.name for step in self.steps]
-        twice = sorted({n for n in names if names.count(n) > 1})
-        if twice:
-            raise ValueError(f"step names must be unique; repeated: {', '.join(twice)}")
-        return self
+    @field_validator("steps")
+    @classmethod
+    def _unique_step_names(cls, steps: tuple[SagaStep, ...]) -> tuple[SagaStep, ...]:
+        _check_unique(steps)
+        return steps
 
     @property
     def prefix(self) -> str:
@@ -117,7 +127,11 @@ class _SagaBody(BaseModel):
     topic_prefix: Name | None = None
     compensation_retries: Annotated[int, Field(ge=0)] = 3
 
-    _unique_step_names = SagaDefinition._unique_step_names
+    @field_validator("steps")
+    @classmethod
+    def _unique_step_names(cls, steps: tuple[SagaStep, ...]) -> tuple[SagaStep, ...]:
+        _check_unique(steps)
+        return steps
 
 
 _SagaFile.model_rebuild()

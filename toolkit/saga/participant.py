@@ -250,12 +250,8 @@ class SagaParticipant:
             self._consumer.rewind(first)
 
     def _publish(self, outputs: Sequence[Output], offsets: Mapping[TopicPartition, int]) -> None:
-        by_topic: dict[str, list[Envelope]] = defaultdict(list)
-        for topic, envelope in outputs:
-            by_topic[topic].append(envelope)
         with self._transactions.begin() as transaction:
-            for topic, envelopes in by_topic.items():
-                self._publisher.publish_in(transaction, topic, envelopes)
+            self._publisher.publish_routed_in(transaction, outputs)
             transaction.send_offsets(offsets, self._group_metadata())
             transaction.commit()
 

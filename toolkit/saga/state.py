@@ -98,14 +98,16 @@ def fold(
         if step[field] == message.outcome.value:
             assert state is not None
             return state  # redelivered
-        doc["late"].append(
-            {
-                "step": message.step,
-                "action": message.action.value,
-                "outcome": message.outcome.value,
-                "at_ms": message.replied_at_ms,
-            }
-        )
+        late = {
+            "step": message.step,
+            "action": message.action.value,
+            "outcome": message.outcome.value,
+            "at_ms": message.replied_at_ms,
+        }
+        if late in doc["late"]:
+            assert state is not None
+            return state  # the same late reply, redelivered
+        doc["late"].append(late)
         return doc
     step[field] = message.outcome.value
     doc["updated_at_ms"] = message.replied_at_ms

@@ -80,13 +80,14 @@ _MODE_LABEL = {
     "runner": "kct ProjectionRunner -> Redis, committed",
     "raw_avro": "diagnostic: raw consumer + Avro decode",
     "reader": "diagnostic: kct EventReader (decode, no apply)",
+    "runner_x2": "scale-out: 2 ProjectionRunner processes, one group",
 }
 
 
 def throughput_rows(tp: ThroughputResult) -> list[list[str]]:
     raw = tp.best("raw")
     out = []
-    for run in tp.runs:
+    for run in [*tp.runs, *tp.scale_out]:
         share = f"{run.rate / raw.rate:.0%}" if raw and raw.rate else "-"
         label = _MODE_LABEL[run.mode]
         if run.detail.get("committed_equals_end") is False:

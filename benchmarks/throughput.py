@@ -36,6 +36,7 @@ from benchmarks.common import (
 )
 
 CHUNK = 1000
+MEMBERS = 2  # runner processes of the scale-out row (the machine has 2 cores)
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,10 @@ class ThroughputResult:
     preload_seconds: float
     runs: list[Run]  # one per (mode, max_batch): the median repetition
     reps: int
+    # Scale-out (mode "runner_x2"): MEMBERS runner processes in one group, at the
+    # single runner's best max_batch. Kept apart from ``runs`` so that the
+    # verdict (single runner vs raw) and its table stay as they are.
+    scale_out: list[Run] = field(default_factory=list)
 
     def best(self, mode: str) -> Run | None:
         of_mode = [r for r in self.runs if r.mode == mode and r.count == self.events]
@@ -109,6 +114,54 @@ def _child(
     return Run(mode, max_batch, int(out.pop("count")), float(out.pop("seconds")), out)
 
 
+def _members(ctx: Any, ep: Endpoints, topic: str, *, end: dict[Any, int], max_batch: int) -> Run:
+    """MEMBERS ProjectionRunner processes in one fresh group, until the topic is stored."""
+    results: Any = ctx.Queue()
+    group = unique("tp-runner-x2")
+    ends = [end[tp] for tp in sorted(end, key=lambda tp: tp.partition)]
+    stored = ctx.Array("q", [0] * len(ends))
+    finished = ctx.Value("b", 0)
+    ready = ctx.Barrier(MEMBERS)
+    procs = [
+        ctx.Process(
+            target=workers.throughput_member,
+            kwargs={
+                "bootstrap": ep.kafka_bootstrap,
+                "redis_url": ep.redis_url,
+                "topic": topic,
+                "group": group,
+                "end": ends,
+                "max_batch": max_batch,
+                "stored": stored,
+                "finished": finished,
+                "ready": ready,
+                "results": results,
+            },
+            name=f"bench-tp-member-{n}",
+        )
+        for n in range(MEMBERS)
+    ]
+    for proc in procs:
+        proc.start()
+    try:
+        outs: list[dict[str, Any]] = [results.get(timeout=660) for _ in procs]
+    finally:
+        for proc in procs:
+            proc.join(timeout=60)
+            if proc.is_alive():
+                proc.terminate()
+    started = min(o["started"] for o in outs)
+    dones = [o["done"] for o in outs if o["done"] is not None]
+    count = sum(end.values()) if dones else sum(stored[:])
+    seconds = (dones[0] if dones else max(o["started"] for o in outs) + 600) - started
+    detail = {
+        "group": group,
+        "applied_per_member": [o["applied"] for o in outs],
+        "ownership_lost": sum(o["ownership_lost"] for o in outs),
+    }
+    return Run("runner_x2", max_batch, count, seconds, detail)
+
+
 def run_throughput(
     ep: Endpoints,
     *,
@@ -135,16 +188,19 @@ def run_throughput(
     samples: dict[tuple[str, int], list[Run]] = {}
 
     def measure(mode: str, batch: int, rep: int) -> None:
-        run = _child(
-            ctx,
-            mode,
-            ep,
-            topic,
-            expected=events,
-            max_batch=batch,
-            profile=profile and mode == "runner" and rep == 0,
-        )
-        if mode == "runner":
+        if mode == "runner_x2":
+            run = _members(ctx, ep, topic, end=end, max_batch=batch)
+        else:
+            run = _child(
+                ctx,
+                mode,
+                ep,
+                topic,
+                expected=events,
+                max_batch=batch,
+                profile=profile and mode == "runner" and rep == 0,
+            )
+        if mode in ("runner", "runner_x2"):
             committed = kct.admin.committed_offsets(run.detail["group"], [topic])
             run.detail["committed_equals_end"] = committed == end
             kct.store.reset(run.detail["group"])
@@ -158,10 +214,35 @@ def run_throughput(
                     measure(mode, batch, rep)
         best = max(batches, key=lambda b: _median(samples[("runner", b)]).rate)
         for rep in range(reps):
-            for mode in ("raw_avro", "reader"):
+            for mode in ("raw_avro", "reader", "runner_x2"):
                 measure(mode, best, rep)
     finally:
         delete_topics(kct, topic)
         kct.close()
-    runs = [_median(group) for group in samples.values()]
-    return ThroughputResult(events, preload, runs, reps)
+    runs = [_median(group) for key, group in samples.items() if key[0] != "runner_x2"]
+    scale_out = [_median(group) for key, group in samples.items() if key[0] == "runner_x2"]
+    return ThroughputResult(events, preload, runs, reps, scale_out)
+
+
+def main() -> None:
+    """``python -m benchmarks.throughput [events]``: this benchmark alone, scale-out row
+    included; prints the medians, writes nothing."""
+    import sys
+
+    from benchmarks.common import endpoints
+
+    events = int(sys.argv[1]) if len(sys.argv) > 1 else 50_000
+    tp = run_throughput(endpoints(), events=events)
+    raw = tp.best("raw")
+    for run in tp.runs + tp.scale_out:
+        share = f"{run.rate / raw.rate:.0%}" if raw and raw.rate else "-"
+        checked = run.detail.get("committed_equals_end")
+        print(
+            f"{run.mode:<10} max_batch={run.max_batch:<5} {run.count:>7} events "
+            f"{run.seconds:6.2f} s {run.rate:>10,.0f}/s  {share:>4} of best raw"
+            + ("" if checked is None else f"  committed==end: {checked}")
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -24,6 +24,7 @@ from connectors.kafka import KafkaRecordConsumer, KafkaSettings
 from tests.balances import balances
 from tests.order_stats import order_stats
 from toolkit.dead_letter import DeadLetterQueue
+from toolkit.projection import ProjectionRunner
 from toolkit.reader import EventReader
 
 # Floor consumers use the settings KafkaRecordConsumer uses (connectors/kafka/consumer.py).
@@ -202,3 +203,80 @@ def throughput(
     result["seconds"] = result.pop("done") - started
     kct.close()
     results.put(result)
+
+
+def throughput_member(
+    *,
+    bootstrap: str,
+    redis_url: str,
+    topic: str,
+    group: str,
+    end: list[int],
+    max_batch: int,
+    stored: Any,
+    finished: Any,
+    ready: Any,
+    results: Queue[dict[str, Any]],
+) -> None:
+    """One of several ProjectionRunner processes in one group (scale-out row).
+
+    ``stored`` (shared array, one slot per partition, under its lock) holds the
+    highest offset any member has stored; ``finished`` is set by the member
+    whose store completed the topic (every partition at ``end``). That member's
+    clock stops when its run cycle returns (it committed synchronously); every
+    member's clock starts after ``ready`` (a barrier), before its consumer is
+    created. Times use ``time.monotonic`` (CLOCK_MONOTONIC: one clock for all
+    processes of the machine).
+
+    ``heartbeat.interval.ms`` is 100 (librdkafka's default: 3000): a member
+    learns of a rebalance from its heartbeat, so with the default the member
+    that joined first would read the whole topic before the second one got
+    partitions. The run includes the group join and that one rebalance.
+    """
+    kct = make_kct(bootstrap, redis_url, "tp-member")
+    _warm = (kct.codec, kct.store, kct.notifier, kct.clock, kct.producer, kct.resolver)
+    # Kct.runner's wiring, with the heartbeat setting on the consumer only.
+    member_kafka = kct.settings.kafka.model_copy(update={"extra": {"heartbeat.interval.ms": 100}})
+    completed_here = False
+
+    def after_store(offsets: Any) -> None:
+        nonlocal completed_here
+        with stored.get_lock():
+            for tp, offset in offsets.items():
+                stored[tp.partition] = max(stored[tp.partition], offset)
+            if not finished.value and all(stored[p] >= o for p, o in enumerate(end)):
+                finished.value = 1
+                completed_here = True
+
+    ready.wait(timeout=120)
+    started = time.monotonic()
+    runner = ProjectionRunner(
+        order_stats(group, [topic]),
+        KafkaRecordConsumer(member_kafka, group),
+        kct.codec,
+        kct.store,
+        DeadLetterQueue(kct.producer, group),
+        notifier=kct.notifier,
+        clock=kct.clock,
+        max_batch=max_batch,
+        after_store=after_store,
+        resolver=kct.resolver,
+    )
+    deadline = started + 600
+    done = None
+    while not finished.value and time.monotonic() < deadline:
+        runner.run_once()
+        if completed_here:
+            done = time.monotonic()
+    stats = runner.stats
+    runner.close()
+    kct.close()
+    results.put(
+        {
+            "started": started,
+            "done": done,
+            "applied": stats.applied,
+            "batches": stats.batches,
+            "ownership_lost": stats.ownership_lost,
+        }
+    )

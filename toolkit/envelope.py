@@ -149,9 +149,14 @@ def encode_envelope(
 
 def decode_record(record: ConsumedRecord, codec: EventCodec) -> ConsumedEvent:
     """Decode a consumed record into an event; raise SerializationError if it is not one."""
-    text = _header_strings(record)
-    missing = [name for name in _REQUIRED if name not in text]
-    if missing:
+    # Hot path (once per consumed event): one dict comprehension for the
+    # headers, a set comparison for the required ones, no per-header calls.
+    try:
+        text = {name: value.decode() for name, value in record.headers}
+    except (UnicodeDecodeError, AttributeError):
+        text = _header_strings(record)  # names the bad header; None values -> ""
+    if not text.keys() >= _REQUIRED_SET:
+        missing = [name for name in _REQUIRED if name not in text]
         raise SerializationError(
             "record is not a kct event: missing headers",
             missing=",".join(missing),
@@ -159,23 +164,50 @@ def decode_record(record: ConsumedRecord, codec: EventCodec) -> ConsumedEvent:
         )
     if record.value is None:
         raise SerializationError("event has no value", position=str(record.position))
-    payload = codec.decode(record.value, text[HeaderName.SCHEMA])
+    schema_ref = text[_SCHEMA]
+    payload = codec.decode(record.value, schema_ref)
+    sequence = text[_SEQUENCE]
+    if not sequence.isdigit():
+        _integer(text, _SEQUENCE, record)  # raises, naming the header
+    fence = text.get(_FENCE)
+    if fence is not None and not fence.isdigit():
+        _integer(text, _FENCE, record)
+    # Cheaper than HLCTimestamp.parse (same checks, same error) on the hot path.
+    wall, sep1, rest = text[_HLC].partition(":")
+    logical, sep2, node = rest.partition(":")
+    if not (sep1 and sep2 and wall.isdigit() and logical.isdigit() and node):
+        HLCTimestamp.parse(text[_HLC])  # raises
     envelope = Envelope(
-        event_type=text[HeaderName.EVENT_TYPE],
-        aggregate_type=text[HeaderName.AGGREGATE_TYPE],
-        aggregate_id=text[HeaderName.AGGREGATE_ID],
-        sequence=_integer(text, HeaderName.SEQUENCE, record),
-        payload=payload,
-        event_id=text[HeaderName.EVENT_ID],
-        hlc=HLCTimestamp.parse(text[HeaderName.HLC]),
-        schema_ref=text[HeaderName.SCHEMA],
-        fence=_integer(text, HeaderName.FENCE, record) if HeaderName.FENCE in text else None,
-        correlation_id=text.get(HeaderName.CORRELATION_ID),
-        causation_id=text.get(HeaderName.CAUSATION_ID),
-        traceparent=text.get(HeaderName.TRACEPARENT),
-        tracestate=text.get(HeaderName.TRACESTATE),
+        text[_EVENT_TYPE],
+        text[_AGGREGATE_TYPE],
+        text[_AGGREGATE_ID],
+        int(sequence),
+        payload,
+        text[_EVENT_ID],
+        HLCTimestamp(int(wall), int(logical), node),
+        schema_ref,
+        None if fence is None else int(fence),
+        text.get(_CORRELATION_ID),
+        text.get(_CAUSATION_ID),
+        text.get(_TRACEPARENT),
+        text.get(_TRACESTATE),
     )
-    return ConsumedEvent(envelope, record.position, record)
+    return ConsumedEvent(envelope, Position(record.topic, record.partition, record.offset), record)
+
+
+_REQUIRED_SET = frozenset(_REQUIRED)
+_EVENT_ID = HeaderName.EVENT_ID
+_EVENT_TYPE = HeaderName.EVENT_TYPE
+_AGGREGATE_TYPE = HeaderName.AGGREGATE_TYPE
+_AGGREGATE_ID = HeaderName.AGGREGATE_ID
+_SEQUENCE = HeaderName.SEQUENCE
+_HLC = HeaderName.HLC
+_SCHEMA = HeaderName.SCHEMA
+_FENCE = HeaderName.FENCE
+_CORRELATION_ID = HeaderName.CORRELATION_ID
+_CAUSATION_ID = HeaderName.CAUSATION_ID
+_TRACEPARENT = HeaderName.TRACEPARENT
+_TRACESTATE = HeaderName.TRACESTATE
 
 
 def _header_strings(record: ConsumedRecord) -> dict[str, str]:

@@ -271,21 +271,36 @@ class ProjectionRunner:
 
     def _apply(self, events: Iterable[ConsumedEvent], batch: ReadModelBatch) -> int:
         applied = 0
+        stored = self._stored
+        resolver = self._resolver
+        handler_for = self.projection.handler_for
         for event in events:
-            tp = event.position.topic_partition
-            if tp not in self._stored:
+            position = event.position
+            tp = TopicPartition(position.topic, position.partition)
+            if tp not in stored:
                 continue  # revoked while this batch was in flight
-            already = self._stored[tp]
-            if already is not None and event.position.offset < already:
+            already = stored[tp]
+            if already is not None and position.offset < already:
                 self.stats.skipped_already_applied += 1
                 continue
-            if event.envelope.fence is not None and not self._admit_fence(event, batch):
+            envelope = event.envelope
+            if envelope.fence is not None and not self._admit_fence(event, batch):
                 continue
-            if self._resolver is None:
-                applied += self._handle(event.envelope, event, batch)
+            if resolver is not None:
+                resolution = resolver.resolve(envelope, PartitionState(batch, tp))
+                applied += self._settle(resolution, event, batch)
                 continue
-            resolution = self._resolver.resolve(event.envelope, PartitionState(batch, tp))
-            applied += self._settle(resolution, event, batch)
+            # _handle, inlined: this is the per-event hot path.
+            handler = handler_for(envelope.event_type)
+            if handler is None:
+                continue
+            mark = batch.savepoint()
+            try:
+                handler(envelope, batch)
+            except Exception as exc:  # a handler bug or a poison event: isolate it
+                self._handler_failed(exc, envelope, event, batch, mark)
+                continue
+            applied += 1
         self.stats.applied += applied
         return applied
 
@@ -300,21 +315,30 @@ class ProjectionRunner:
         try:
             handler(envelope, batch)
         except Exception as exc:  # a handler bug or a poison event: isolate it
-            batch.rollback(mark)
-            self.stats.handler_errors += 1
-            if event is not None and event.record is not None:
-                self._dead_letters.send(
-                    event.record, "handler_error", f"{type(exc).__name__}: {exc}"
-                )
-            log.warning(
-                "%s: handler failed on %s %s, dead-lettered: %s",
-                self.projection.name,
-                envelope.event_type,
-                envelope.event_id,
-                exc,
-            )
+            self._handler_failed(exc, envelope, event, batch, mark)
             return 0
         return 1
+
+    def _handler_failed(
+        self,
+        exc: Exception,
+        envelope: Envelope,
+        event: ConsumedEvent | None,
+        batch: ReadModelBatch,
+        mark: int,
+    ) -> None:
+        """Undo what the failed handler recorded and dead-letter its event."""
+        batch.rollback(mark)
+        self.stats.handler_errors += 1
+        if event is not None and event.record is not None:
+            self._dead_letters.send(event.record, "handler_error", f"{type(exc).__name__}: {exc}")
+        log.warning(
+            "%s: handler failed on %s %s, dead-lettered: %s",
+            self.projection.name,
+            envelope.event_type,
+            envelope.event_id,
+            exc,
+        )
 
     def _settle(
         self, resolution: Resolution, event: ConsumedEvent | None, batch: ReadModelBatch

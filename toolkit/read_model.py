@@ -22,58 +22,83 @@ __all__ = ["ReadModelBatch"]
 
 _DELETED = object()
 
-
-def _nested(document: Mapping[str, Any]) -> bool:
-    return any(isinstance(v, (dict, list)) for v in document.values())
+# The journal of recorded changes, flat: "p", key, document (put), "d", key
+# (delete) or "i", key, field, amount (increment), one after the other. A flat
+# list of strings, ints and the (already kept) documents allocates no object
+# per change for the garbage collector to track; a tuple or a ReadModelChange
+# per change did, several per event, and the collector's passes over them were
+# a fifth of a projection's time. ``changes`` builds the ReadModelChanges.
+_SIZES = {"p": 3, "d": 2, "i": 4}
 
 
 class ReadModelBatch:
     """Pending read-model changes of one projection, readable before they are stored."""
 
+    __slots__ = ("_count", "_counter_deltas", "_documents", "_journal", "_projection", "_store")
+
     def __init__(self, store: ReadModelStore, projection: str) -> None:
         self._store = store
         self._projection = projection
-        self._changes: list[ReadModelChange] = []
+        self._journal: list[Any] = []
+        self._count = 0  # changes in the journal
         self._documents: dict[str, Any] = {}
         self._counter_deltas: dict[str, dict[str, int]] = {}
 
+    def _entries(self, journal: list[Any]) -> list[tuple[Any, ...]]:
+        entries = []
+        at, end = 0, len(journal)
+        while at < end:
+            size = _SIZES[journal[at]]
+            entries.append(tuple(journal[at : at + size]))
+            at += size
+        return entries
+
     @property
     def changes(self) -> list[ReadModelChange]:
-        return list(self._changes)
+        out: list[ReadModelChange] = []
+        for entry in self._entries(self._journal):
+            if entry[0] == "p":
+                out.append(ReadModelChange("put", entry[1], document=entry[2]))
+            elif entry[0] == "d":
+                out.append(ReadModelChange("delete", entry[1]))
+            else:
+                out.append(ReadModelChange("increment", entry[1], field=entry[2], amount=entry[3]))
+        return out
 
     def net_changes(self) -> list[ReadModelChange]:
         """The same effect in the fewest changes: the last put or delete per
         document, one summed increment per counter field."""
         net: list[ReadModelChange] = []
+        append = net.append
         for key, document in self._documents.items():
             if document is _DELETED:
-                net.append(ReadModelChange("delete", key))
+                append(ReadModelChange("delete", key))
             else:
-                net.append(ReadModelChange("put", key, document=document))
+                append(ReadModelChange("put", key, document))
         for key, deltas in self._counter_deltas.items():
             net.extend(
-                ReadModelChange("increment", key, field=f, amount=n) for f, n in deltas.items() if n
+                ReadModelChange("increment", key, None, f, n) for f, n in deltas.items() if n
             )
         return net
 
     def __len__(self) -> int:
-        return len(self._changes)
+        return self._count
 
     def savepoint(self) -> int:
         """A mark to :meth:`rollback` to (e.g. when a handler fails half-way)."""
-        return len(self._changes)
+        return len(self._journal)
 
     def rollback(self, mark: int) -> None:
         """Forget every change recorded after ``mark``."""
-        kept = self._changes[:mark]
-        self._changes, self._documents, self._counter_deltas = [], {}, {}
-        for change in kept:
-            if change.kind == "put" and change.document is not None:
-                self.put(change.key, change.document)
-            elif change.kind == "delete":
-                self.delete(change.key)
-            elif change.kind == "increment" and change.field is not None:
-                self.increment(change.key, change.field, change.amount)
+        kept = self._entries(self._journal[:mark])
+        self._journal, self._count, self._documents, self._counter_deltas = [], 0, {}, {}
+        for entry in kept:
+            if entry[0] == "p":
+                self.put(entry[1], entry[2])
+            elif entry[0] == "d":
+                self.delete(entry[1])
+            else:
+                self.increment(entry[1], entry[2], entry[3])
 
     def get(self, key: str) -> dict[str, Any] | None:
         """The document under ``key`` as this batch would leave it."""
@@ -85,20 +110,29 @@ class ReadModelBatch:
     def put(self, key: str, document: Mapping[str, Any]) -> None:
         """Store ``document`` (JSON-serialisable) under ``key``."""
         # Copied once so later mutation by the handler cannot change the batch;
-        # get() hands out copies too.
-        stored = copy.deepcopy(dict(document)) if _nested(document) else dict(document)
+        # get() hands out copies too. Only nested values need a deep copy.
+        stored = dict(document)
+        for value in stored.values():
+            if isinstance(value, (dict, list)):
+                stored = copy.deepcopy(stored)
+                break
         self._documents[key] = stored
-        self._changes.append(ReadModelChange("put", key, document=stored))
+        self._journal += ("p", key, stored)
+        self._count += 1
 
     def delete(self, key: str) -> None:
         self._documents[key] = _DELETED
-        self._changes.append(ReadModelChange("delete", key))
+        self._journal += ("d", key)
+        self._count += 1
 
     def increment(self, key: str, field: str, amount: int = 1) -> None:
         """Add ``amount`` to a counter; safe when several partitions update ``key``."""
-        deltas = self._counter_deltas.setdefault(key, {})
+        deltas = self._counter_deltas.get(key)
+        if deltas is None:
+            deltas = self._counter_deltas[key] = {}
         deltas[field] = deltas.get(field, 0) + amount
-        self._changes.append(ReadModelChange("increment", key, field=field, amount=amount))
+        self._journal += ("i", key, field, amount)
+        self._count += 1
 
     def counters(self, key: str) -> dict[str, int]:
         """The counters of ``key`` including this batch's increments."""

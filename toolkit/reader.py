@@ -19,6 +19,7 @@ consumer is rewound to the batch's first offsets, so the batch is read again
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from operator import attrgetter
 
 from toolkit.dead_letter import DeadLetterQueue
 from toolkit.envelope import ConsumedEvent, decode_record
@@ -28,6 +29,9 @@ from toolkit.ports import AssignCallback, ConsumedRecord, EventCodec, RecordCons
 from toolkit.positions import TopicPartition
 
 __all__ = ["EventReader"]
+
+# HLCTimestamp's own order (wall_ms, logical, node), compared as C-level tuples.
+_HLC_ORDER = attrgetter("wall_ms", "logical", "node")
 
 
 class EventReader:
@@ -65,27 +69,38 @@ class EventReader:
                 first.setdefault(TopicPartition(record.topic, record.partition), record.offset)
             self._consumer.rewind(first)
             raise
+        # The last offset per partition of the batch first (plain tuples compare
+        # and hash like TopicPartition), then one update per partition.
+        last: dict[tuple[str, int], int] = {}
         for record in records:
-            tp = TopicPartition(record.topic, record.partition)
-            self._pending[tp] = max(self._pending.get(tp, 0), record.offset + 1)
+            key = (record.topic, record.partition)
+            if last.get(key, -1) < record.offset:
+                last[key] = record.offset
+        pending = self._pending
+        for (topic, partition), offset in last.items():
+            tp = TopicPartition(topic, partition)
+            pending[tp] = max(pending.get(tp, 0), offset + 1)
         return events
 
     def _decode_or_dead_letter(self, records: Sequence[ConsumedRecord]) -> list[ConsumedEvent]:
         events: list[ConsumedEvent] = []
+        append = events.append
+        codec = self._codec
         for record in records:
             try:
-                event = decode_record(record, self._codec)
+                append(decode_record(record, codec))
             except UnknownSchema as exc:
                 self._dead_letters.send(record, "unknown_schema", str(exc))
-                continue
             except SerializationError as exc:
                 self._dead_letters.send(record, "undecodable", str(exc))
-                continue
-            events.append(event)
         if self._clock is not None:
-            stamps = [e.envelope.hlc for e in events if e.envelope.hlc is not None]
-            if stamps:
-                self._clock.observe(max(stamps))  # the latest covers the batch
+            latest = max(
+                (e.envelope.hlc for e in events if e.envelope.hlc is not None),
+                key=_HLC_ORDER,
+                default=None,
+            )
+            if latest is not None:
+                self._clock.observe(latest)  # the latest covers the batch
         return events
 
     @property

@@ -122,10 +122,11 @@ class KafkaRecordConsumer:
         except KafkaException as exc:
             raise ConsumeError(f"poll failed: {exc.args[0]}", group=self.group_id) from exc
         records: list[ConsumedRecord] = []
+        append = records.append
         for message in messages:
             error = message.error()
             if error is None:
-                records.append(_to_record(message))
+                append(_to_record(message))
             elif error.fatal():
                 raise ConsumeError(f"fatal consumer error: {error.str()}", group=self.group_id)
             elif error.code() != KafkaError._PARTITION_EOF:
@@ -189,25 +190,28 @@ class KafkaRecordConsumer:
 
 
 def _to_record(message: Message) -> ConsumedRecord:
+    # Hot path, once per record: no generator, no keyword arguments.
     raw_headers = message.headers()
     headers: Headers = ()
     if raw_headers:
         # A consumed message's headers are (str, bytes | None) pairs: keep them
-        # as they are unless a null value needs replacing (hot path).
+        # as they are unless a null value needs replacing.
         pairs = tuple(raw_headers)
-        if any(v is None for _, v in pairs):
-            pairs = tuple((k, v if v is not None else b"") for k, v in pairs)
+        for _name, value in pairs:
+            if value is None:
+                pairs = tuple((k, v if v is not None else b"") for k, v in pairs)
+                break
         headers = cast(Headers, pairs)
-    _kind, timestamp = message.timestamp()
+    timestamp = message.timestamp()[1]
     topic, partition, offset = message.topic(), message.partition(), message.offset()
     if topic is None or partition is None or offset is None:
         raise ConsumeError("message without coordinates")
     return ConsumedRecord(
-        topic=topic,
-        partition=partition,
-        offset=offset,
-        key=message.key(),
-        value=message.value(),
-        headers=headers,
-        timestamp_ms=timestamp if timestamp > 0 else None,
+        topic,
+        partition,
+        offset,
+        message.key(),
+        message.value(),
+        headers,
+        timestamp if timestamp > 0 else None,
     )

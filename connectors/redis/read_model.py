@@ -31,6 +31,12 @@ from toolkit.positions import TopicPartition
 
 __all__ = ["RedisReadModelStore"]
 
+# KEYS[1] is the offsets hash, KEYS[2..] the keys the changes name, in order.
+# ARGV[1] is JSON: the expected and new offsets, and the changes as ops in
+# order: {"p", first key, length...} a run of puts (one MSET), {"d", key} a
+# delete, {"i", key, field, amount} an increment. ARGV[2] holds the put
+# documents (JSON, ASCII) concatenated; an op's lengths cut them apart, so
+# documents are neither escaped into ARGV[1] nor sent as one argument each.
 _APPLY = """
 local request = cjson.decode(ARGV[1])
 for field, expected in pairs(request.expected) do
@@ -41,14 +47,25 @@ for field, expected in pairs(request.expected) do
     return {0, field, current or ''}
   end
 end
-for _, change in ipairs(request.changes) do
-  local key = KEYS[change[2]]
-  if change[1] == 'put' then
-    redis.call('SET', key, change[3])
-  elseif change[1] == 'delete' then
-    redis.call('DEL', key)
-  elseif change[1] == 'increment' then
-    redis.call('HINCRBY', key, change[3], change[4])
+local blob = ARGV[2]
+local pos = 1
+for _, op in ipairs(request.ops) do
+  local kind = op[1]
+  if kind == 'p' then
+    local args = {}
+    local key = op[2]
+    for n = 3, #op do
+      local stop = pos + op[n]
+      args[#args + 1] = KEYS[key]
+      args[#args + 1] = string.sub(blob, pos, stop - 1)
+      pos = stop
+      key = key + 1
+    end
+    redis.call('MSET', unpack(args))
+  elseif kind == 'd' then
+    redis.call('DEL', KEYS[op[2]])
+  elseif kind == 'i' then
+    redis.call('HINCRBY', KEYS[op[2]], op[3], op[4])
   end
 end
 for field, offset in pairs(request.offsets) do
@@ -56,6 +73,8 @@ for field, offset in pairs(request.offsets) do
 end
 return {1}
 """
+# Puts per MSET: well below Lua's unpack() limit (LUAI_MAXCSTACK, 8000 values).
+_MSET_CHUNK = 500
 
 
 def _field(tp: TopicPartition) -> str:
@@ -123,33 +142,45 @@ class RedisReadModelStore:
         expected: Mapping[TopicPartition, int | None],
         offsets: Mapping[TopicPartition, int],
     ) -> bool:
-        keys = [self._offsets_key(projection)]
-        index: dict[str, int] = {}
-
-        def key_index(key: str) -> int:
-            if key not in index:
-                keys.append(key)
-                index[key] = len(keys)  # Lua arrays start at 1
-            return index[key]
-
-        encoded: list[list[Any]] = []
-        for change in changes:
-            if change.kind == "put":
-                document = json.dumps(change.document, separators=(",", ":"), sort_keys=True)
-                encoded.append(["put", key_index(self._doc_key(projection, change.key)), document])
-            elif change.kind == "delete":
-                encoded.append(["delete", key_index(self._doc_key(projection, change.key))])
-            else:
-                counter = key_index(self._counter_key(projection, change.key))
-                encoded.append(["increment", counter, change.field, change.amount])
+        prefix = self._prefix(projection)
+        doc_prefix, counter_prefix = f"{prefix}d:", f"{prefix}c:"
+        keys = [f"{prefix}offsets"]
+        ops: list[list[Any]] = []
+        documents: list[str] = []
+        run: list[Any] | None = None  # the open run of puts: ["p", first key, length...]
+        encode = _DOCUMENT_ENCODER.encode
+        try:
+            for change in changes:
+                kind = change.kind
+                if kind == "put":
+                    if run is None or len(run) > _MSET_CHUNK:
+                        run = ["p", len(keys) + 1]  # Lua arrays start at 1
+                        ops.append(run)
+                    document = encode(change.document)
+                    documents.append(document)
+                    run.append(len(document))  # ASCII: characters == bytes
+                    keys.append(doc_prefix + change.key)
+                    continue
+                run = None
+                if kind == "delete":
+                    keys.append(doc_prefix + change.key)
+                    ops.append(["d", len(keys)])
+                else:
+                    keys.append(counter_prefix + change.key)
+                    ops.append(["i", len(keys), change.field, change.amount])
+        except BaseException:
+            _DOCUMENT_ENCODER.reset()
+            raise
         request = {
             # cjson turns {} and [] alike into an empty table: pairs()/ipairs() accept both.
             "expected": {_field(tp): (-1 if o is None else o) for tp, o in expected.items()},
             "offsets": {_field(tp): o for tp, o in offsets.items()},
-            "changes": encoded,
+            "ops": ops,
         }
         try:
-            result = self._apply_script(keys=keys, args=[json.dumps(request)])
+            result = self._apply_script(
+                keys=keys, args=[json.dumps(request, separators=(",", ":")), "".join(documents)]
+            )
         except redis.RedisError as exc:
             raise self._fail("batch write", projection, exc) from exc
         return bool(result and int(result[0]) == 1)
@@ -187,3 +218,44 @@ class RedisReadModelStore:
 def _escape(pattern: str) -> str:
     """Escape glob characters of a key prefix for SCAN MATCH."""
     return "".join("\\" + c if c in "*?[]\\" else c for c in pattern)
+
+
+class _DocumentEncoder:
+    """``json.dumps(document, separators=(",", ":"), sort_keys=True)``, cheaper per call.
+
+    ``json.dumps`` with options builds a new encoder per call; this keeps
+    CPython's C encoder (when present) and calls it directly. Same output
+    (ASCII JSON, sorted keys, no spaces), same errors.
+    """
+
+    def __init__(self) -> None:
+        self._python = json.JSONEncoder(separators=(",", ":"), sort_keys=True)
+        self._c: Any = None
+        self.reset()
+
+    def reset(self) -> None:
+        """A fresh C encoder (its circular-reference markers may be stale after an error)."""
+        if json.encoder.c_make_encoder is None:  # type: ignore[attr-defined]
+            return
+        py = self._python
+        self._c = json.encoder.c_make_encoder(  # type: ignore[attr-defined]
+            {},  # markers: check_circular
+            py.default,
+            json.encoder.encode_basestring_ascii,
+            None,  # indent
+            py.key_separator,
+            py.item_separator,
+            py.sort_keys,
+            py.skipkeys,
+            py.allow_nan,
+        )
+
+    def encode(self, document: Any) -> str:
+        if self._c is None:
+            return self._python.encode(document)
+        if isinstance(document, str):  # what JSONEncoder.encode does for a bare string
+            return self._python.encode(document)
+        return "".join(self._c(document, 0))
+
+
+_DOCUMENT_ENCODER = _DocumentEncoder()

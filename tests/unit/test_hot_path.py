@@ -1,0 +1,70 @@
+"""Equivalences the throughput work relies on: same results as the plain code."""
+
+import json
+from typing import Any
+
+import pytest
+
+from connectors.redis.read_model import _DOCUMENT_ENCODER
+from tests.memory import InMemoryReadModelStore
+from toolkit.ports import ReadModelChange
+from toolkit.read_model import ReadModelBatch
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"b": 1, "a": [1, 2, {"z": None, "y": 1.5}]},
+        {"é": 'ü\n"', "k": True, "n": -3},
+        {},
+        {"x": float("inf")},
+        None,
+        "bare string",
+    ],
+)
+def test_document_encoder_matches_json_dumps(document: Any) -> None:
+    expected = json.dumps(document, separators=(",", ":"), sort_keys=True)
+    assert _DOCUMENT_ENCODER.encode(document) == expected
+    assert _DOCUMENT_ENCODER.encode(document).isascii()
+
+
+def test_document_encoder_recovers_after_errors() -> None:
+    circular: dict[str, Any] = {}
+    circular["self"] = circular
+    with pytest.raises(ValueError, match="Circular"):
+        _DOCUMENT_ENCODER.encode(circular)
+    _DOCUMENT_ENCODER.reset()
+    with pytest.raises(TypeError):
+        _DOCUMENT_ENCODER.encode({"a": object()})
+    _DOCUMENT_ENCODER.reset()
+    assert _DOCUMENT_ENCODER.encode({"a": [1]}) == '{"a":[1]}'
+
+
+def test_batch_journal_keeps_every_change_in_order_and_rolls_back() -> None:
+    batch = ReadModelBatch(InMemoryReadModelStore(), "p")
+    batch.put("a", {"n": 1, "nested": {"x": [1]}})
+    batch.increment("c", "x", 2)
+    batch.delete("b")
+    mark = batch.savepoint()
+    batch.put("b", {"n": 3})
+    batch.increment("c", "x", 5)
+    batch.increment("c", "y")
+    assert len(batch) == 6
+    assert [c.kind for c in batch.changes] == [
+        "put",
+        "increment",
+        "delete",
+        "put",
+        "increment",
+        "increment",
+    ]
+    assert batch.changes[4] == ReadModelChange("increment", "c", field="x", amount=5)
+    batch.rollback(mark)
+    assert len(batch) == 3
+    assert batch.get("b") is None
+    assert batch.counters("c") == {"x": 2}
+    assert batch.net_changes() == [
+        ReadModelChange("put", "a", document={"n": 1, "nested": {"x": [1]}}),
+        ReadModelChange("delete", "b"),
+        ReadModelChange("increment", "c", field="x", amount=2),
+    ]

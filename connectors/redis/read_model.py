@@ -29,7 +29,7 @@ from toolkit.errors import StoreError
 from toolkit.ports import ReadModelChange
 from toolkit.positions import TopicPartition
 
-__all__ = ["RedisReadModelStore"]
+__all__ = ["APPLY_CHANGES_LUA", "RedisReadModelStore", "encode_changes"]
 
 # KEYS[1] is the offsets hash, KEYS[2..] the keys the changes name, in order.
 # ARGV[1] is JSON: the expected and new offsets, and the changes as ops in
@@ -37,16 +37,9 @@ __all__ = ["RedisReadModelStore"]
 # delete, {"i", key, field, amount} an increment. ARGV[2] holds the put
 # documents (JSON, ASCII) concatenated; an op's lengths cut them apart, so
 # documents are neither escaped into ARGV[1] nor sent as one argument each.
-_APPLY = """
-local request = cjson.decode(ARGV[1])
-for field, expected in pairs(request.expected) do
-  local current = redis.call('HGET', KEYS[1], field)
-  local stored = -1
-  if current then stored = tonumber(current) end
-  if stored ~= expected then
-    return {0, field, current or ''}
-  end
-end
+# Applies request.ops (see encode_changes) to KEYS, cutting the put documents
+# out of ARGV[2]; shared by every script that writes read-model changes.
+APPLY_CHANGES_LUA = """
 local blob = ARGV[2]
 local pos = 1
 for _, op in ipairs(request.ops) do
@@ -68,11 +61,28 @@ for _, op in ipairs(request.ops) do
     redis.call('HINCRBY', KEYS[op[2]], op[3], op[4])
   end
 end
+"""
+
+_APPLY = (
+    """
+local request = cjson.decode(ARGV[1])
+for field, expected in pairs(request.expected) do
+  local current = redis.call('HGET', KEYS[1], field)
+  local stored = -1
+  if current then stored = tonumber(current) end
+  if stored ~= expected then
+    return {0, field, current or ''}
+  end
+end
+"""
+    + APPLY_CHANGES_LUA
+    + """
 for field, offset in pairs(request.offsets) do
   redis.call('HSET', KEYS[1], field, offset)
 end
 return {1}
 """
+)
 # Puts per MSET: well below Lua's unpack() limit (LUAI_MAXCSTACK, 8000 values).
 _MSET_CHUNK = 500
 
@@ -142,35 +152,8 @@ class RedisReadModelStore:
         expected: Mapping[TopicPartition, int | None],
         offsets: Mapping[TopicPartition, int],
     ) -> bool:
-        prefix = self._prefix(projection)
-        doc_prefix, counter_prefix = f"{prefix}d:", f"{prefix}c:"
-        keys = [f"{prefix}offsets"]
-        ops: list[list[Any]] = []
-        documents: list[str] = []
-        run: list[Any] | None = None  # the open run of puts: ["p", first key, length...]
-        encode = _DOCUMENT_ENCODER.encode
-        try:
-            for change in changes:
-                kind = change.kind
-                if kind == "put":
-                    if run is None or len(run) > _MSET_CHUNK:
-                        run = ["p", len(keys) + 1]  # Lua arrays start at 1
-                        ops.append(run)
-                    document = encode(change.document)
-                    documents.append(document)
-                    run.append(len(document))  # ASCII: characters == bytes
-                    keys.append(doc_prefix + change.key)
-                    continue
-                run = None
-                if kind == "delete":
-                    keys.append(doc_prefix + change.key)
-                    ops.append(["d", len(keys)])
-                else:
-                    keys.append(counter_prefix + change.key)
-                    ops.append(["i", len(keys), change.field, change.amount])
-        except BaseException:
-            _DOCUMENT_ENCODER.reset()
-            raise
+        keys = [self._offsets_key(projection)]
+        ops, documents = encode_changes(self._prefix(projection), changes, keys)
         request = {
             # cjson turns {} and [] alike into an empty table: pairs()/ipairs() accept both.
             "expected": {_field(tp): (-1 if o is None else o) for tp, o in expected.items()},
@@ -179,7 +162,7 @@ class RedisReadModelStore:
         }
         try:
             result = self._apply_script(
-                keys=keys, args=[json.dumps(request, separators=(",", ":")), "".join(documents)]
+                keys=keys, args=[json.dumps(request, separators=(",", ":")), documents]
             )
         except redis.RedisError as exc:
             raise self._fail("batch write", projection, exc) from exc
@@ -213,6 +196,46 @@ class RedisReadModelStore:
 
     def close(self) -> None:
         self._redis.close()
+
+
+def encode_changes(
+    prefix: str, changes: Sequence[ReadModelChange], keys: list[str]
+) -> tuple[list[list[Any]], str]:
+    """Changes as ``APPLY_CHANGES_LUA`` ops, appending the keys they name to ``keys``.
+
+    Ops: ``["p", first key, length...]`` a run of puts (one MSET),
+    ``["d", key]`` a delete, ``["i", key, field, amount]`` an increment; key
+    numbers index ``keys`` from 1 (Lua). Returns the ops and the put documents
+    (JSON, ASCII) concatenated, which the lengths cut apart again.
+    """
+    doc_prefix, counter_prefix = f"{prefix}d:", f"{prefix}c:"
+    ops: list[list[Any]] = []
+    documents: list[str] = []
+    run: list[Any] | None = None  # the open run of puts
+    encode = _DOCUMENT_ENCODER.encode
+    try:
+        for change in changes:
+            kind = change.kind
+            if kind == "put":
+                if run is None or len(run) > _MSET_CHUNK:
+                    run = ["p", len(keys) + 1]  # Lua arrays start at 1
+                    ops.append(run)
+                document = encode(change.document)
+                documents.append(document)
+                run.append(len(document))  # ASCII: characters == bytes
+                keys.append(doc_prefix + change.key)
+                continue
+            run = None
+            if kind == "delete":
+                keys.append(doc_prefix + change.key)
+                ops.append(["d", len(keys)])
+            else:
+                keys.append(counter_prefix + change.key)
+                ops.append(["i", len(keys), change.field, change.amount])
+    except BaseException:
+        _DOCUMENT_ENCODER.reset()
+        raise
+    return ops, "".join(documents)
 
 
 def _escape(pattern: str) -> str:

@@ -27,32 +27,27 @@ from typing import Any
 
 import redis
 
-from connectors.redis.read_model import RedisReadModelStore
+from connectors.redis.read_model import APPLY_CHANGES_LUA, RedisReadModelStore, encode_changes
 from connectors.redis.settings import RedisSettings
 from toolkit.errors import StoreError
 from toolkit.ports import ReadModelChange
 
 __all__ = ["RedisSagaStepStore"]
 
-_RECORD_ONCE = """
+_RECORD_ONCE = (
+    """
 local existing = redis.call('GET', KEYS[1])
 if existing then
   return {0, existing}
 end
-local changes = cjson.decode(ARGV[1])
-for _, change in ipairs(changes) do
-  local key = KEYS[change[2]]
-  if change[1] == 'put' then
-    redis.call('SET', key, change[3])
-  elseif change[1] == 'delete' then
-    redis.call('DEL', key)
-  elseif change[1] == 'increment' then
-    redis.call('HINCRBY', key, change[3], change[4])
-  end
-end
-redis.call('SET', KEYS[1], ARGV[2])
+local request = cjson.decode(ARGV[1])
+"""
+    + APPLY_CHANGES_LUA
+    + """
+redis.call('SET', KEYS[1], ARGV[3])
 return {1}
 """
+)
 
 
 class RedisSagaStepStore:
@@ -95,29 +90,12 @@ class RedisSagaStepStore:
         changes: Sequence[ReadModelChange],
         outcome: Mapping[str, Any],
     ) -> tuple[bool, dict[str, Any]]:
-        prefix = self._prefix(participant)
-        keys = [f"{prefix}once:{key}"]
-        index: dict[str, int] = {}
-
-        def key_index(name: str) -> int:
-            if name not in index:
-                keys.append(name)
-                index[name] = len(keys)  # Lua arrays start at 1
-            return index[name]
-
-        encoded: list[list[Any]] = []
-        for change in changes:
-            if change.kind == "put":
-                document = json.dumps(change.document, separators=(",", ":"), sort_keys=True)
-                encoded.append(["put", key_index(f"{prefix}d:{change.key}"), document])
-            elif change.kind == "delete":
-                encoded.append(["delete", key_index(f"{prefix}d:{change.key}")])
-            else:
-                counter = key_index(f"{prefix}c:{change.key}")
-                encoded.append(["increment", counter, change.field, change.amount])
+        keys = [f"{self._prefix(participant)}once:{key}"]
+        ops, documents = encode_changes(self._prefix(participant), changes, keys)
+        request = json.dumps({"ops": ops}, separators=(",", ":"))
         stored = json.dumps(outcome, separators=(",", ":"), sort_keys=True)
         try:
-            result = self._record_once(keys=keys, args=[json.dumps(encoded), stored])
+            result = self._record_once(keys=keys, args=[request, documents, stored])
         except redis.RedisError as exc:
             raise self._fail("step record", participant, exc) from exc
         if int(result[0]) == 1:

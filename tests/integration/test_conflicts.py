@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -14,11 +12,12 @@ import yaml
 
 from tests.balances import BALANCE_SET, balance_event, balances
 from tests.integration.conftest import Endpoints
+from tests.integration.helpers import running
 from toolkit.config import parse_config
 from toolkit.envelope import Envelope
 from toolkit.hlc import HybridLogicalClock
 from toolkit.positions import ConsistencyToken
-from toolkit.projection import Projection, ProjectionRunner, resolutions_key
+from toolkit.projection import Projection, resolutions_key
 from toolkit.publisher import EventPublisher, PublishedEvent
 from toolkit.read_model import ReadModelBatch
 from toolkit.runtime.app import Kct
@@ -38,19 +37,6 @@ def configured(endpoints: Endpoints, conflicts: dict[str, Any]) -> Kct:
         }
     )
     return Kct.from_config(parse_config(text, source="test-kct.yaml"))
-
-
-@contextmanager
-def running(runner: ProjectionRunner) -> Iterator[ProjectionRunner]:
-    stop = threading.Event()
-    thread = threading.Thread(target=runner.run, args=(stop,), daemon=True)
-    thread.start()
-    try:
-        yield runner
-    finally:
-        stop.set()
-        thread.join(timeout=10)
-        runner.close()
 
 
 def skewed_publisher(kct: Kct, node: str, skew_ms: int) -> EventPublisher:

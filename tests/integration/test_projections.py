@@ -7,39 +7,25 @@ import random
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from connectors.kafka import KafkaRecordConsumer
 from tests.integration.conftest import Endpoints
+from tests.integration.helpers import running
 from tests.order_stats import cancelled_event, order_stats, placed_event, replay
 from toolkit.consistency import EventualConsistencyManager
 from toolkit.envelope import Envelope, decode_record
 from toolkit.errors import ConsistencyTimeout
 from toolkit.positions import ConsistencyToken, Position, TopicPartition
-from toolkit.projection import Projection, ProjectionRunner
+from toolkit.projection import Projection
 from toolkit.runtime.app import Kct
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@contextmanager
-def running(runner: ProjectionRunner) -> Iterator[ProjectionRunner]:
-    stop = threading.Event()
-    thread = threading.Thread(target=runner.run, args=(stop,), daemon=True)
-    thread.start()
-    try:
-        yield runner
-    finally:
-        stop.set()
-        thread.join(timeout=30)
-        runner.close()
 
 
 def all_events(kct: Kct, topic: str, expected: int, timeout_s: float = 30) -> list[Envelope]:

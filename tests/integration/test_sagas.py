@@ -14,12 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer
-from confluent_kafka import TopicPartition as KafkaTopicPartition
 
 from examples.order_fulfillment.services import ACTIONS, SAGA_TYPE
 from examples.order_fulfillment.shop import Shop
 from tests.integration.conftest import Endpoints
+from tests.integration.helpers import peek
 from toolkit.dead_letter import dead_letter_topic
 from toolkit.ports import OutgoingRecord
 from toolkit.runtime.app import Kct
@@ -53,26 +52,11 @@ def order(shop: Shop, n: int, **overrides: str) -> tuple[str, dict[str, str], st
 
 def saga_messages(endpoints: Endpoints, topic: str, saga_id: str) -> list[tuple[str, str, str]]:
     """(step, action, outcome) of a saga's replies, in the order they were written."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": endpoints.kafka_bootstrap,
-            "group.id": f"peek-{uuid.uuid4().hex[:8]}",
-            "isolation.level": "read_committed",
-            "enable.auto.commit": False,
-        }
-    )
-    consumer.assign([KafkaTopicPartition(topic, p, 0) for p in range(3)])
-    found: list[tuple[str, str, str]] = []
-    deadline = time.monotonic() + 3
-    while time.monotonic() < deadline:
-        message = consumer.poll(0.2)
-        if message is None or message.error() is not None or message.key() != saga_id.encode():
-            continue
-        headers = {k: v.decode() for k, v in message.headers() or [] if v is not None}
-        if headers.get("event_type") == "kct.saga.SagaReply":
-            found.append(_reply_fields(message.value() or b""))
-    consumer.close()
-    return found
+    return [
+        _reply_fields(p.value)
+        for p in peek(endpoints.kafka_bootstrap, topic)
+        if p.key == saga_id.encode() and p.headers.get("event_type") == "kct.saga.SagaReply"
+    ]
 
 
 def _reply_fields(value: bytes) -> tuple[str, str, str]:
@@ -170,22 +154,7 @@ def test_a_compensation_that_keeps_failing_lands_on_the_failure_topic(
 
 
 def _read_all(endpoints: Endpoints, topic: str) -> list[bytes]:
-    consumer = Consumer(
-        {
-            "bootstrap.servers": endpoints.kafka_bootstrap,
-            "group.id": f"peek-{uuid.uuid4().hex[:8]}",
-            "isolation.level": "read_committed",
-        }
-    )
-    consumer.assign([KafkaTopicPartition(topic, p, 0) for p in range(3)])
-    values: list[bytes] = []
-    deadline = time.monotonic() + 3
-    while time.monotonic() < deadline:
-        message = consumer.poll(0.2)
-        if message is not None and message.error() is None:
-            values.append(message.value() or b"")
-    consumer.close()
-    return values
+    return [p.value for p in peek(endpoints.kafka_bootstrap, topic)]
 
 
 def test_a_step_without_reply_times_out_compensates_and_never_runs_late(

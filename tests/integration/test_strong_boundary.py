@@ -5,26 +5,24 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import pytest
 import yaml
-from confluent_kafka import Consumer
-from confluent_kafka import TopicPartition as KafkaTopicPartition
 from kazoo.client import KazooClient
 
 from tests.balances import balance_event, balances
 from tests.integration.conftest import Endpoints
+from tests.integration.helpers import peek, running
 from toolkit.boundary import OperationContext
 from toolkit.config import ConsistencyConfig, parse_config
 from toolkit.dead_letter import dead_letter_topic
 from toolkit.errors import LockLost, LockTimeout
 from toolkit.positions import ConsistencyToken, Position
-from toolkit.projection import ProjectionRunner
 from toolkit.runtime.app import Kct
 
 pytestmark = pytest.mark.integration
+
 
 def Policy(  # noqa: N802  (reads like the configuration it builds)
     strong_ids: frozenset[str],
@@ -47,19 +45,6 @@ def Policy(  # noqa: N802  (reads like the configuration it builds)
             }
         )
     ).consistency
-
-
-@contextmanager
-def running(runner: ProjectionRunner) -> Iterator[ProjectionRunner]:
-    stop = threading.Event()
-    thread = threading.Thread(target=runner.run, args=(stop,), daemon=True)
-    thread.start()
-    try:
-        yield runner
-    finally:
-        stop.set()
-        thread.join(timeout=10)
-        runner.close()
 
 
 def read_balance(kct: Kct, projection: str, account: str) -> tuple[int, int]:
@@ -89,23 +74,7 @@ def expire_session(kct: Kct, hosts: str) -> None:
 
 
 def committed_values(bootstrap: str, topic: str, isolation: str) -> list[bytes]:
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"peek-{uuid.uuid4().hex[:8]}",
-            "isolation.level": isolation,
-            "enable.auto.commit": False,
-        }
-    )
-    consumer.assign([KafkaTopicPartition(topic, p, 0) for p in range(3)])
-    values: list[bytes] = []
-    deadline = time.monotonic() + 3
-    while time.monotonic() < deadline:
-        message = consumer.poll(0.2)
-        if message is not None and message.error() is None:
-            values.append(message.value() or b"")
-    consumer.close()
-    return values
+    return [p.value for p in peek(bootstrap, topic, isolation=isolation)]
 
 
 def end_token(kct: Kct, topic: str) -> ConsistencyToken:

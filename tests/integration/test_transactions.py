@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable
 
 import pytest
-from confluent_kafka import Consumer
-from confluent_kafka import TopicPartition as KafkaTopicPartition
 
 from connectors.kafka import KafkaAdmin, KafkaSettings
 from connectors.kafka.transactions import KafkaTransactionalProducer
 from tests.integration.conftest import Endpoints
+from tests.integration.helpers import peek
 from toolkit.errors import PublishError, TransactionAborted
 from toolkit.ports import OutgoingRecord
 
@@ -20,22 +18,12 @@ pytestmark = pytest.mark.integration
 
 
 def visible(endpoints: Endpoints, topic: str, isolation: str = "read_committed") -> list[bytes]:
-    consumer = Consumer(
-        {
-            "bootstrap.servers": endpoints.kafka_bootstrap,
-            "group.id": f"peek-{uuid.uuid4().hex[:8]}",
-            "isolation.level": isolation,
-        }
-    )
-    consumer.assign([KafkaTopicPartition(topic, 0, 0)])
-    values: list[bytes] = []
-    deadline = time.monotonic() + 2
-    while time.monotonic() < deadline:
-        message = consumer.poll(0.2)
-        if message is not None and message.error() is None:
-            values.append(message.value() or b"")
-    consumer.close()
-    return values
+    return [
+        p.value
+        for p in peek(
+            endpoints.kafka_bootstrap, topic, isolation=isolation, partitions=1, seconds=2
+        )
+    ]
 
 
 def record(topic: str, value: bytes) -> OutgoingRecord:

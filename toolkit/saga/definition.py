@@ -53,12 +53,11 @@ def _check_unique(steps: Sequence[SagaStep]) -> None:
         )
 
 
-class SagaDefinition(BaseModel):
-    """A saga type: its steps in execution order."""
+class SagaBody(BaseModel):
+    """A saga's steps and options, as the YAML file gives them under its type."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    saga_type: Name
     steps: tuple[SagaStep, ...] = Field(min_length=1)
     topic_prefix: Name | None = None
     compensation_retries: Annotated[int, Field(ge=0)] = 3
@@ -68,6 +67,12 @@ class SagaDefinition(BaseModel):
     def _unique_step_names(cls, steps: tuple[SagaStep, ...]) -> tuple[SagaStep, ...]:
         _check_unique(steps)
         return steps
+
+
+class SagaDefinition(SagaBody):
+    """A saga type: its steps in execution order."""
+
+    saga_type: Name
 
     @property
     def prefix(self) -> str:
@@ -117,24 +122,9 @@ class SagaDefinition(BaseModel):
 class _SagaFile(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    sagas: dict[Name, _SagaBody]
+    sagas: dict[Name, SagaBody]
 
 
-class _SagaBody(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    steps: tuple[SagaStep, ...] = Field(min_length=1)
-    topic_prefix: Name | None = None
-    compensation_retries: Annotated[int, Field(ge=0)] = 3
-
-    @field_validator("steps")
-    @classmethod
-    def _unique_step_names(cls, steps: tuple[SagaStep, ...]) -> tuple[SagaStep, ...]:
-        _check_unique(steps)
-        return steps
-
-
-_SagaFile.model_rebuild()
 
 
 def parse_saga_definitions(

@@ -244,17 +244,10 @@ class ProjectionRunner:
     def run_once(self) -> int:
         """One poll-apply-store-commit cycle; returns how many events were applied."""
         events = self._reader.poll(self._max_batch, self._poll_timeout)
-        pending = self._reader.pending_offsets
-        # The consumer's position also moves past transaction markers and
-        # aborted records: store and commit it, or a projection would stay one
-        # offset short of the log end after every transaction.
-        for tp, position in self._reader.positions(list(self._stored)).items():
-            if position > pending.get(tp, -1):
-                pending[tp] = position
         polled = {
             tp: offset
-            for tp, offset in pending.items()
-            if tp in self._stored and offset > (self._stored[tp] or 0)
+            for tp, offset in self._reader.next_offsets(self._stored).items()
+            if offset > (self._stored[tp] or 0)
         }
         applied = 0
         batch = ReadModelBatch(self._store, self.projection.name)

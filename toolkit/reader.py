@@ -118,6 +118,20 @@ class EventReader:
         """The consumer's next offsets, past transaction markers (see RecordConsumer)."""
         return self._consumer.positions(partitions)
 
+    def next_offsets(self, owned: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        """Per owned partition, the offset to store or commit after what was polled.
+
+        The consumer's position also moves past transaction markers and aborted
+        records; committing it (not just last record + 1) lets a reader reach
+        the log end after a transaction, where no record's offset + 1 gets.
+        """
+        wanted = set(owned)
+        offsets = {tp: o for tp, o in self._pending.items() if tp in wanted}
+        for tp, position in self._consumer.positions(list(wanted)).items():
+            if position > offsets.get(tp, -1):
+                offsets[tp] = position
+        return offsets
+
     def forget(self, partitions: Iterable[TopicPartition]) -> None:
         """Drop pending offsets of partitions this member no longer owns."""
         for tp in partitions:

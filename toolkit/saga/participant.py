@@ -231,14 +231,10 @@ class SagaParticipant:
 
     def _offsets(self) -> dict[TopicPartition, int]:
         """Offsets to commit: past what this poll read, and past transaction markers."""
-        pending = self._reader.pending_offsets
-        for tp, position in self._reader.positions(list(self._owned)).items():
-            if position > pending.get(tp, -1):
-                pending[tp] = position
         return {
             tp: o
-            for tp, o in pending.items()
-            if tp in self._owned and o > self._committed.get(tp, -1)
+            for tp, o in self._reader.next_offsets(self._owned).items()
+            if o > self._committed.get(tp, -1)
         }
 
     def _rewind(self, events: Sequence[ConsumedEvent]) -> None:

@@ -34,6 +34,7 @@ class Endpoints:
     otlp_grpc: str
     jaeger_query_url: str
     log_dir: Path | None
+    kafka_sasl_bootstrap: str = ""  # a SASL_PLAINTEXT SCRAM-SHA-512 listener
 
 
 @pytest.fixture(scope="session")
@@ -46,6 +47,7 @@ def endpoints() -> Endpoints:
             otlp_grpc=os.environ.get("KCT_OTLP_ENDPOINT", "127.0.0.1:4317"),
             jaeger_query_url=os.environ.get("KCT_JAEGER_QUERY_URL", "http://127.0.0.1:16686"),
             log_dir=None,
+            kafka_sasl_bootstrap=os.environ.get("KCT_KAFKA_SASL_BOOTSTRAP", ""),
         )
     stack = LocalStack()
     stack.up()
@@ -57,6 +59,7 @@ def endpoints() -> Endpoints:
         otlp_grpc=found.otlp_grpc,
         jaeger_query_url=found.jaeger_query_url,
         log_dir=stack.layout.logs,
+        kafka_sasl_bootstrap=found.kafka_sasl_bootstrap,
     )
 
 

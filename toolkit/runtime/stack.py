@@ -93,6 +93,8 @@ class StackEndpoints:
     otlp_grpc: str
     otlp_http: str
     jaeger_query_url: str
+    # The SASL_PLAINTEXT (SCRAM-SHA-512) listener, for testing authentication.
+    kafka_sasl_bootstrap: str = ""
 
 
 @dataclass(frozen=True)
@@ -173,6 +175,7 @@ class LocalStack:
             otlp_grpc=f"127.0.0.1:{p.otlp_grpc}",
             otlp_http=f"http://127.0.0.1:{p.otlp_http}",
             jaeger_query_url=f"http://127.0.0.1:{p.jaeger_query}",
+            kafka_sasl_bootstrap=f"127.0.0.1:{p.kafka_sasl}",
         )
 
     @staticmethod

@@ -45,6 +45,7 @@ class StackPorts:
 
     kafka: int = 19092
     kafka_controller: int = 19093
+    kafka_sasl: int = 19094
     zookeeper: int = 12181
     redis: int = 16379
     otlp_grpc: int = 4317
@@ -191,7 +192,7 @@ class KafkaService(Service):
     """Apache Kafka in KRaft mode: one combined broker + controller node."""
 
     name = "kafka"
-    port_names = ("kafka", "kafka_controller")
+    port_names = ("kafka", "kafka_controller", "kafka_sasl")
     stop_grace = 30.0  # controlled shutdown flushes logs and writes a clean marker
     _libs: Path | None = None
 
@@ -214,6 +215,7 @@ class KafkaService(Service):
             self.conf_dir / "server.properties",
             kafka=self.ports.kafka,
             kafka_controller=self.ports.kafka_controller,
+            kafka_sasl=self.ports.kafka_sasl,
             log_dirs=str(self.data_dir),
         )
         _render(

@@ -513,3 +513,33 @@ def test_check_shows_globs_as_text_not_markup(runner: CliRunner, tmp_path: Path)
     assert result.exit_code == 0, result.output
     assert "│ 0 │ pattern │ [ab]*" in result.stdout
     assert "│ t:[ab]    │ no (eventual)" in result.stdout
+
+
+def test_the_examples_conflict_policies_build_a_resolver_whose_merge_keeps_both_carts() -> None:
+    from toolkit.conflicts import resolver_from_config
+    from toolkit.envelope import Envelope
+    from toolkit.hlc import HLCTimestamp
+
+    resolver = resolver_from_config(load_config(EXAMPLE, SECRETS).conflicts)
+    state: dict[str, dict[str, object]] = {}
+
+    class State:
+        def get(self, key: str) -> dict[str, object] | None:
+            return state.get(key)
+
+        def put(self, key: str, document: object) -> None:
+            state[key] = dict(document)  # type: ignore[call-overload]
+
+        def delete(self, key: str) -> None:
+            state.pop(key, None)
+
+    def cart(items: list[str], node: str) -> Envelope:
+        return Envelope(
+            "CartUpdated", "cart", "c-1", 1, {"items": items}, hlc=HLCTimestamp(1, 0, node)
+        )
+
+    first = resolver.resolve(cart(["apple"], "a"), State())
+    second = resolver.resolve(cart(["pear"], "b"), State())  # same version: a concurrent update
+    assert [e.payload["items"] for e in first.accepted] == [["apple"]]
+    assert second.reason == "merged"
+    assert [e.payload["items"] for e in second.accepted] == [["apple", "pear"]]

@@ -13,6 +13,9 @@ from typing import Protocol, TypeVar
 from confluent_kafka import Consumer
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 
+from toolkit.positions import ConsistencyToken, Position
+from toolkit.runtime.app import Kct
+
 
 class Member(Protocol):
     def run(self, stop: threading.Event | None = None) -> None: ...
@@ -72,3 +75,11 @@ def peek(
         found.append(Peeked(message.key(), message.value() or b"", headers))
     consumer.close()
     return found
+
+
+def end_token(kct: Kct, topic: str) -> ConsistencyToken:
+    """Everything committed to ``topic`` so far (transaction markers included)."""
+    ends = kct.admin.end_offsets([topic])
+    return ConsistencyToken.of(
+        Position(tp.topic, tp.partition, end - 1) for tp, end in ends.items() if end > 0
+    )

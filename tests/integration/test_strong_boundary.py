@@ -13,12 +13,12 @@ from kazoo.client import KazooClient
 
 from tests.balances import balance_event, balances
 from tests.integration.conftest import Endpoints
-from tests.integration.helpers import peek, running
+from tests.integration.helpers import end_token, peek, running
 from toolkit.boundary import OperationContext
 from toolkit.config import ConsistencyConfig, parse_config
 from toolkit.dead_letter import dead_letter_topic
 from toolkit.errors import LockLost, LockTimeout
-from toolkit.positions import ConsistencyToken, Position
+from toolkit.positions import ConsistencyToken
 from toolkit.runtime.app import Kct
 
 pytestmark = pytest.mark.integration
@@ -75,14 +75,6 @@ def expire_session(kct: Kct, hosts: str) -> None:
 
 def committed_values(bootstrap: str, topic: str, isolation: str) -> list[bytes]:
     return [p.value for p in peek(bootstrap, topic, isolation=isolation)]
-
-
-def end_token(kct: Kct, topic: str) -> ConsistencyToken:
-    """Everything written to ``topic`` so far (transaction markers included)."""
-    ends = kct.admin.end_offsets([topic])
-    return ConsistencyToken.of(
-        Position(tp.topic, tp.partition, end - 1) for tp, end in ends.items() if end > 0
-    )
 
 
 def test_concurrent_writers_lose_no_update_on_a_strong_aggregate_but_do_on_an_eventual_one(

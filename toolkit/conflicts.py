@@ -116,12 +116,14 @@ from toolkit.conflict_strategies import (
     Reorder,
     Step,
     Strategy,
+)
+from toolkit.envelope import Envelope
+from toolkit.envelope_json import (
     decode_payload,
     encode_payload,
     envelope_from_document,
     envelope_to_document,
 )
-from toolkit.envelope import Envelope
 from toolkit.errors import ConfigurationError
 
 __all__ = [

@@ -43,9 +43,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from toolkit.conflicts import envelope_from_document, envelope_to_document
 from toolkit.dead_letter import DeadLetterQueue
 from toolkit.envelope import ConsumedEvent, Envelope
+from toolkit.envelope_json import envelope_from_document, envelope_to_document
 from toolkit.errors import ConfigurationError, ConnectorError, ToolkitError
 from toolkit.hlc import HybridLogicalClock
 from toolkit.ports import (

@@ -22,7 +22,13 @@ from collections.abc import Sequence
 from toolkit.envelope import Envelope, encode_envelope
 from toolkit.errors import ConnectorError
 from toolkit.hlc import HybridLogicalClock
-from toolkit.ports import EventCodec, EventPositionIndex, RecordProducer, RecordTransaction
+from toolkit.ports import (
+    EventCodec,
+    EventPositionIndex,
+    OutgoingRecord,
+    RecordProducer,
+    RecordTransaction,
+)
 from toolkit.positions import ConsistencyToken, Position
 
 __all__ = ["EventPublisher", "PublishedEvent"]
@@ -66,13 +72,8 @@ class EventPublisher:
 
     def publish_all(self, topic: str, events: Sequence[Envelope]) -> list[PublishedEvent]:
         """Write events in order (per aggregate) and wait for every acknowledgement."""
-        stamped, records = [], []
-        for event in events:
-            envelope, record = encode_envelope(topic, event, self._codec, self._clock.now())
-            stamped.append(envelope)
-            records.append(record)
-        positions = self._producer.produce(records)
-        published = [PublishedEvent(e, p) for e, p in zip(stamped, positions, strict=True)]
+        stamped, records = self._encode([(topic, event) for event in events])
+        published = self._published(stamped, self._producer.produce(records))
         self.index(published)
         return published
 
@@ -89,26 +90,32 @@ class EventPublisher:
         They are invisible to ``read_committed`` readers until the transaction
         commits; call :meth:`index` after the commit.
         """
-        stamped, records = [], []
-        for event in events:
-            fenced = event if fence is None else event.with_changes(fence=fence)
-            envelope, record = encode_envelope(topic, fenced, self._codec, self._clock.now())
-            stamped.append(envelope)
-            records.append(record)
-        positions = transaction.produce(records)
-        return [PublishedEvent(e, p) for e, p in zip(stamped, positions, strict=True)]
+        fenced = [e if fence is None else e.with_changes(fence=fence) for e in events]
+        return self.publish_routed_in(transaction, [(topic, e) for e in fenced])
 
     def publish_routed_in(
         self, transaction: RecordTransaction, routed: Sequence[tuple[str, Envelope]]
     ) -> list[PublishedEvent]:
         """Write events to several topics in one open transaction, with one
         acknowledgement round trip for all of them."""
+        stamped, records = self._encode(routed)
+        return self._published(stamped, transaction.produce(records) if records else [])
+
+    def _encode(
+        self, routed: Sequence[tuple[str, Envelope]]
+    ) -> tuple[list[Envelope], list[OutgoingRecord]]:
+        """Stamp each event with this process's clock and serialise it for its topic."""
         stamped, records = [], []
         for topic, event in routed:
             envelope, record = encode_envelope(topic, event, self._codec, self._clock.now())
             stamped.append(envelope)
             records.append(record)
-        positions = transaction.produce(records) if records else []
+        return stamped, records
+
+    @staticmethod
+    def _published(
+        stamped: Sequence[Envelope], positions: Sequence[Position]
+    ) -> list[PublishedEvent]:
         return [PublishedEvent(e, p) for e, p in zip(stamped, positions, strict=True)]
 
     def index(self, published: Sequence[PublishedEvent]) -> None:

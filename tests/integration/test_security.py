@@ -66,26 +66,30 @@ def configured(endpoints: Endpoints, kafka: dict[str, Any], redis_section: dict[
     )
 
 
-def test_kafka_sasl_scram_from_kct_yaml_publishes_and_reads_with_the_secret_from_the_env(
-    endpoints: Endpoints, scram_user: tuple[str, str], create_topic: Callable[..., str]
-) -> None:
-    sasl_bootstrap = _require_sasl_listener(endpoints)
-    user, password = scram_user
-    topic = create_topic("sasl")
-    text = configured(
+def scram_kct_yaml(endpoints: Endpoints, user: str) -> str:
+    """A kct.yaml for the SCRAM listener; the password comes from ``${KAFKA_PW}``."""
+    return configured(
         endpoints,
         {
-            "bootstrap_servers": sasl_bootstrap,
+            "bootstrap_servers": _require_sasl_listener(endpoints),
             "security_protocol": "SASL_PLAINTEXT",
             "sasl": {"mechanism": "SCRAM-SHA-512", "username": user, "password": "${KAFKA_PW}"},
         },
         {"url": endpoints.redis_url},
     )
+
+
+def test_kafka_sasl_scram_from_kct_yaml_publishes_and_reads_with_the_secret_from_the_env(
+    endpoints: Endpoints, scram_user: tuple[str, str], create_topic: Callable[..., str]
+) -> None:
+    user, password = scram_user
+    topic = create_topic("sasl")
+    text = scram_kct_yaml(endpoints, user)
     config = parse_config(text, "kct.yaml", {"KAFKA_PW": password})
     assert password not in repr(config) and password not in repr(KctSettings.from_config(config))
     kct = Kct.from_config(config)
     try:
-        # Authenticated writes, admin reads and group commits all go through SASL.
+        # Authenticated writes, end offsets and committed-offset reads all go through SASL.
         published = kct.publisher.publish(topic, balance_event("acct-sasl", 1, 1))
         ends = kct.admin.end_offsets([topic])
         assert ends[published.position.topic_partition] == published.position.offset + 1
@@ -97,18 +101,9 @@ def test_kafka_sasl_scram_from_kct_yaml_publishes_and_reads_with_the_secret_from
 def test_a_wrong_kafka_password_fails_clearly_without_the_password(
     endpoints: Endpoints, scram_user: tuple[str, str]
 ) -> None:
-    sasl_bootstrap = _require_sasl_listener(endpoints)
     user, _ = scram_user
     wrong = secrets.token_urlsafe(18)
-    text = configured(
-        endpoints,
-        {
-            "bootstrap_servers": sasl_bootstrap,
-            "security_protocol": "SASL_PLAINTEXT",
-            "sasl": {"mechanism": "SCRAM-SHA-512", "username": user, "password": "${KAFKA_PW}"},
-        },
-        {"url": endpoints.redis_url},
-    )
+    text = scram_kct_yaml(endpoints, user)
     settings = KctSettings.from_config(parse_config(text, "kct.yaml", {"KAFKA_PW": wrong}))
     started = time.monotonic()
     with pytest.raises(AdminError) as raised:

@@ -11,7 +11,8 @@ offset per partition. Tokens merge (max per partition), so the writes of a
 session or a request can be accumulated, and they serialise to a short
 URL-safe string that a caller can carry across processes (an HTTP header, a
 cookie) for read-your-writes. :meth:`ConsistencyToken.parse` rejects anything
-malformed with :class:`~toolkit.errors.InvalidToken`; it never guesses.
+malformed with :class:`~toolkit.errors.InvalidToken`, topic names included
+(validated as Kafka does); it never guesses.
 
 Event ids are never compared: only offsets on the same partition are ordered.
 """
@@ -27,10 +28,13 @@ from typing import NamedTuple
 
 from toolkit.errors import InvalidToken
 
-__all__ = ["ConsistencyToken", "Position", "TopicPartition"]
+__all__ = ["ConsistencyToken", "Position", "TopicPartition", "is_valid_topic_name"]
 
-# Kafka's own rule for topic names.
-_TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+# Kafka's own rule for topic names (``Topic.validate``): 1-249 of these
+# characters, and neither "." nor "..". Used with ``fullmatch``: ``$`` would
+# also match before a trailing newline.
+_TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
+_TOPIC_RULE = "1-249 characters of a-z, A-Z, 0-9, '.', '_', '-', and not '.' or '..'"
 _TOKEN_VERSION = "1"
 # Far beyond any real token (hundreds of partitions); bounds parsing work on
 # untrusted header values.
@@ -217,9 +221,18 @@ def _decode_groups(raw: bytes) -> dict[TopicPartition, int]:
     return offsets
 
 
+def is_valid_topic_name(name: object) -> bool:
+    """Whether Kafka accepts ``name`` as a topic name."""
+    return isinstance(name, str) and name not in (".", "..") and bool(_TOPIC_NAME.fullmatch(name))
+
+
 def _check_coordinates(topic: str, partition: int, offset: int) -> None:
-    if not isinstance(topic, str) or not _TOPIC_NAME.match(topic):
-        raise InvalidToken("invalid Kafka topic name in consistency token", topic=topic)
+    if not is_valid_topic_name(topic):
+        shown = topic[:60] + "..." if isinstance(topic, str) and len(topic) > 60 else topic
+        raise InvalidToken(
+            f"invalid Kafka topic name in consistency token: expected {_TOPIC_RULE}",
+            topic=shown,
+        )
     if not isinstance(partition, int) or not isinstance(offset, int):
         raise InvalidToken("partition and offset must be integers", topic=topic)
     if partition < 0 or offset < 0 or partition > 2**31 - 1 or offset > 2**63 - 1:

@@ -3,9 +3,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from toolkit.errors import InvalidToken
-from toolkit.positions import ConsistencyToken, Position, TopicPartition
+from toolkit.positions import ConsistencyToken, Position, TopicPartition, is_valid_topic_name
 
-topics = st.from_regex(r"[A-Za-z0-9._-]{1,40}", fullmatch=True)
+topics = st.from_regex(r"[A-Za-z0-9._-]{1,40}", fullmatch=True).filter(
+    lambda t: t not in (".", "..")
+)
 offsets = st.dictionaries(
     st.tuples(topics, st.integers(0, 2**31 - 1)).map(lambda t: TopicPartition(*t)),
     st.integers(0, 2**63 - 1),
@@ -110,6 +112,44 @@ def test_parse_rejects_invalid_topic_name() -> None:
     text = "1" + base64.urlsafe_b64encode(raw).decode().rstrip("=")
     with pytest.raises(InvalidToken, match="topic"):
         ConsistencyToken.parse(text)
+
+
+def _encoded(topic: bytes) -> str:
+    """A token naming ``topic``, partition 0 at offset 0, encoded by hand."""
+    import base64
+
+    size = len(topic)  # a one- or two-byte varint
+    length = bytes([size]) if size < 128 else bytes([size & 0x7F | 0x80, size >> 7])
+    raw = length + topic + bytes([1, 0, 0])
+    return "1" + base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    "topic",
+    [b"t\n", b"t\r", b".", b"..", b"a b", b"t\x00", b"x" * 250, b"\n"],
+    ids=["trailing-newline", "cr", "dot", "dotdot", "space", "nul", "250-chars", "newline"],
+)
+def test_parse_rejects_topic_names_kafka_forbids(topic: bytes) -> None:
+    with pytest.raises(InvalidToken, match=r"invalid Kafka topic name.*1-249 characters"):
+        ConsistencyToken.parse(_encoded(topic))
+    with pytest.raises(InvalidToken):
+        ConsistencyToken({TopicPartition(topic.decode(), 0): 1})
+
+
+@pytest.mark.parametrize("topic", ["...", "a..b", ".hidden", "x" * 249, "A-Z_0.9"])
+def test_parse_accepts_every_topic_name_kafka_accepts(topic: str) -> None:
+    assert is_valid_topic_name(topic)
+    assert ConsistencyToken.parse(_encoded(topic.encode())) == ConsistencyToken(
+        {TopicPartition(topic, 0): 0}
+    )
+    token = ConsistencyToken({TopicPartition(topic, 3): 7})
+    assert ConsistencyToken.parse(token.to_string()) == token
+
+
+def test_invalid_topic_error_shows_a_bounded_name() -> None:
+    with pytest.raises(InvalidToken) as caught:
+        ConsistencyToken({TopicPartition("y" * 249 + "!", 0): 1})
+    assert len(str(caught.value)) < 300
 
 
 def test_parse_rejects_repeated_partition() -> None:

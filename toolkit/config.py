@@ -12,6 +12,11 @@ Guarantees:
 * secrets (every ``password`` and ``key_password``) are ``SecretStr``: they
   never appear in ``repr``, :meth:`KctConfig.describe` or an error message;
   :meth:`KafkaConfig.librdkafka_config` is the one place that reveals them.
+  ``kafka.extra`` options whose name marks a secret (``ssl.key.pem``,
+  ``sasl.oauthbearer.config``, ... see :func:`is_secret_name`) show as ``***``
+  too; credentials in ``bootstrap_servers`` or ``hosts`` are refused;
+* the file is at most :data:`MAX_FILE_BYTES` of UTF-8; nesting, alias
+  expansion and the number of problems listed are bounded too.
 
 Failure modes: every problem raises :class:`~toolkit.errors.ConfigurationError`
 whose message lists all problems, one per line, as ``file:line: field.path:
@@ -27,6 +32,7 @@ import os
 import re
 from collections.abc import Mapping
 from fnmatch import fnmatchcase
+from itertools import pairwise
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -45,10 +51,18 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from toolkit.config_errors import Problem, config_error, read_yaml, validation_problems
+from toolkit.config_errors import (
+    Problem,
+    config_error,
+    is_secret_name,
+    read_yaml,
+    validation_problems,
+)
 from toolkit.errors import ConfigurationError
 
 __all__ = [
+    "DEFAULT_DEPLOYMENT",
+    "MAX_FILE_BYTES",
     "ConflictPolicy",
     "ConsistencyConfig",
     "KafkaConfig",
@@ -60,6 +74,7 @@ __all__ = [
     "TlsConfig",
     "ZooKeeperAuth",
     "ZooKeeperConfig",
+    "is_secret_name",
     "load_config",
     "parse_config",
 ]
@@ -68,6 +83,8 @@ Strategy = Literal[
     "last_write_wins", "first_write_wins", "deduplicate", "reorder", "merge", "reject"
 ]
 WINNERS: tuple[Strategy, ...] = ("last_write_wins", "first_write_wins", "merge", "reject")
+MAX_FILE_BYTES = 1024 * 1024  # kct.yaml is a few kB; a bigger file is a mistake or an attack
+DEFAULT_DEPLOYMENT = "default"
 _SASL_PROTOCOLS = ("SASL_PLAINTEXT", "SASL_SSL")
 _TLS_PROTOCOLS = ("SSL", "SASL_SSL")
 # librdkafka keys the typed fields own: `extra` may not set them (one source of truth).
@@ -85,10 +102,61 @@ def _invalid(message: str) -> PydanticCustomError:
 
 
 def _host_ports(value: str) -> str:
+    if "@" in value:  # never echo it: user:password@host
+        raise _invalid("must not contain credentials (user:password@); use the auth/sasl fields")
     for entry in value.split(","):
         host, sep, port = entry.strip().rpartition(":")
-        if not (host and sep and port.isdigit() and 0 < int(port) < 65536):
+        if not (host and sep and port.isascii() and port.isdigit() and 0 < int(port) < 65536):
             raise _invalid(f"expected 'host:port[,host:port...]', got {value!r}")
+    return value
+
+
+def _glob(value: str) -> str:
+    """A glob ``fnmatch`` reads as written: every ``[`` closed, no reversed range."""
+    at = 0
+    while at < len(value):
+        if value[at] != "[":
+            at += 1
+            continue
+        end = at + 1
+        end += value.startswith("!", end)
+        end += value.startswith("]", end)  # a leading ] is a member, not the end
+        end = value.find("]", end)
+        if end < 0:
+            raise _invalid(
+                f"invalid glob {value!r}: '[' at character {at + 1} is never closed "
+                "(write [[] for a literal '[')"
+            )
+        empty = _reversed_range(value[at + 1 : end].removeprefix("!"))
+        if empty is not None:
+            low, high = empty
+            raise _invalid(
+                f"invalid glob {value!r}: the range {low}-{high} is empty "
+                f"(did you mean {high}-{low}?)"
+            )
+        at = end + 1
+    return value
+
+
+def _reversed_range(members: str) -> tuple[str, str] | None:
+    """The first range ``a-b`` with ``a > b`` in a ``[...]`` set, read as fnmatch reads it."""
+    chunks, start, dash = [], 0, members.find("-", 1)
+    while dash >= 0:
+        chunks.append(members[start:dash])
+        start, dash = dash + 1, members.find("-", dash + 3)
+    chunks.append(members[start:])  # empty: a trailing '-' is a member
+    for left, right in pairwise(chunks):
+        if right and left[-1] > right[0]:
+            return left[-1], right[0]
+    return None
+
+
+def _deployment(value: str) -> str:
+    if value in (".", "..") or not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", value):
+        raise _invalid(
+            f"expected 1-64 characters of a-z, A-Z, 0-9, '.', '_', '-' (not '.' or '..'), "
+            f"got {value!r}"
+        )
     return value
 
 
@@ -128,6 +196,8 @@ ServiceName = Annotated[str, Field(pattern=r"^[a-z0-9\-_.]+$")]
 HostPorts = Annotated[str, Field(min_length=1), AfterValidator(_host_ports)]
 ZnodePath = Annotated[str, AfterValidator(_znode_path)]
 MergePath = Annotated[str, AfterValidator(_merge_path)]
+Glob = Annotated[str, Field(min_length=1), AfterValidator(_glob)]
+DeploymentName = Annotated[str, AfterValidator(_deployment)]
 RedisUrl = Annotated[str, AfterValidator(_redis_url)]
 
 
@@ -298,7 +368,7 @@ class StrongRule(_Model):
 
     type: NonEmpty | None = None
     id: NonEmpty | None = None
-    pattern: NonEmpty | None = None
+    pattern: Glob | None = None
     timeout: Seconds | None = None
     lock_timeout: Seconds | None = None
     projections: tuple[NonEmpty, ...] | None = None
@@ -408,6 +478,7 @@ class KctConfig(_Model):
 
     version: Literal[1]
     service: ServiceName = "kct"
+    deployment: DeploymentName = DEFAULT_DEPLOYMENT
     kafka: KafkaConfig
     zookeeper: ZooKeeperConfig = Field(default_factory=ZooKeeperConfig)
     redis: RedisConfig = Field(default_factory=RedisConfig)
@@ -432,6 +503,9 @@ class KctConfig(_Model):
         view: dict[str, Any] = _redact(self.model_dump())
         view["source"] = self.source
         view["redis"]["url"] = self.redis.redis_url()
+        view["kafka"]["extra"] = {
+            key: "***" if is_secret_name(key) else value for key, value in self.kafka.extra.items()
+        }
         defaults = self.consistency
         view["consistency"]["strong"] = [
             {
@@ -462,23 +536,48 @@ def _redact(value: Any) -> Any:
     return value
 
 
+def _too_large(source: str) -> ConfigurationError:
+    limit = f"{MAX_FILE_BYTES // 1024 // 1024} MiB"
+    return ConfigurationError(
+        f"{source}: the file is larger than {limit}, the limit for a kct.yaml", file=source
+    )
+
+
 def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> KctConfig:
-    """Read and validate ``path``; ``environ`` (default ``os.environ``) fills ``${NAME}``."""
+    """Read and validate ``path``; ``environ`` (default ``os.environ``) fills ``${NAME}``.
+
+    The file must be UTF-8 and at most :data:`MAX_FILE_BYTES` long.
+    """
     file = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with Path(path).open("rb") as stream:  # bounded: also for /dev/zero or a pipe
+            raw = stream.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
         raise ConfigurationError(f"{file}: configuration file not found", file=file) from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except (OSError, ValueError) as exc:
         reason = getattr(exc, "strerror", None) or type(exc).__name__
         raise ConfigurationError(f"{file}: cannot read the file: {reason}", file=file) from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise _too_large(file)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ConfigurationError(
+            f"{file}:{line}: the file must be UTF-8; byte 0x{raw[exc.start]:02x} at offset "
+            f"{exc.start} is not",
+            file=file,
+            line=line,
+        ) from None
     return parse_config(text, source=file, environ=environ)
 
 
 def parse_config(
     text: str, source: str = "<string>", environ: Mapping[str, str] | None = None
 ) -> KctConfig:
-    """Validate YAML ``text``; ``source`` names it in errors."""
+    """Validate YAML ``text`` (at most :data:`MAX_FILE_BYTES` characters); ``source`` names it."""
+    if len(text) > MAX_FILE_BYTES:
+        raise _too_large(source)
     root, data = read_yaml(text, source, os.environ if environ is None else environ)
     if root is None:
         empty = Problem(

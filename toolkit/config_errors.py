@@ -12,7 +12,13 @@ Guarantees: an error names the file, the 1-based line (for a missing key, the
 line of its parent) and the field path (``consistency.strong[1].timeout``),
 and says what was expected. Inputs are echoed only for non-secret fields and
 never for unknown keys; YAML's own messages are used without their source
-snippet, which could hold a secret.
+snippet, which could hold a secret. A field is secret if its name says so
+(:func:`is_secret_name`: ``password``, ``secret``, ``token``, ...) or it is a
+credentials section (``sasl``, ``auth``) given as something else than a
+mapping. Hostile input is bounded: nesting deeper than :data:`MAX_DEPTH`
+levels and more than :data:`MAX_VALUES` values after expanding aliases are
+errors (not a ``RecursionError`` or an exponential "billion laughs"), and at
+most :data:`MAX_PROBLEMS` problems are listed.
 """
 
 from __future__ import annotations
@@ -29,7 +35,27 @@ from pydantic import BaseModel, ValidationError
 
 from toolkit.errors import ConfigurationError
 
-__all__ = ["Problem", "config_error", "format_path", "read_yaml", "validation_problems"]
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_PROBLEMS",
+    "MAX_VALUES",
+    "Problem",
+    "config_error",
+    "format_path",
+    "is_secret_name",
+    "read_yaml",
+    "validation_problems",
+]
+
+MAX_DEPTH = 64  # nesting levels; kct.yaml needs about five
+MAX_VALUES = 100_000  # nodes once aliases are expanded; kct.yaml needs hundreds
+MAX_PROBLEMS = 50  # listed in one error; the rest are counted
+# Field and librdkafka option names whose values are, or may hold, secrets.
+_SECRET_NAME = re.compile(
+    r"password|secret|token|credential|jaas|key\.pem|oauthbearer\.config|private", re.IGNORECASE
+)
+# Sections holding credentials: given as a scalar, that scalar may be one.
+_CREDENTIAL_SECTIONS = frozenset({"sasl", "auth"})
 
 Loc = Sequence[str | int]
 
@@ -78,13 +104,27 @@ class Problem:
         )
 
 
+def is_secret_name(name: str) -> bool:
+    """Whether a field or librdkafka option called ``name`` holds a secret."""
+    return bool(_SECRET_NAME.search(name))
+
+
+def _is_secret(loc: Loc) -> bool:
+    names = [part for part in loc if isinstance(part, str)]
+    return any(is_secret_name(name) for name in names) or (
+        bool(loc) and loc[-1] in _CREDENTIAL_SECTIONS
+    )
+
+
 def config_error(source: str, problems: Sequence[Problem]) -> ConfigurationError:
-    """All ``problems`` in one error, one per line; the context locates the first."""
-    lines = [problem.render(source) for problem in problems]
+    """All ``problems`` in one error, one per line (at most :data:`MAX_PROBLEMS`)."""
+    lines = [problem.render(source) for problem in problems[:MAX_PROBLEMS]]
+    if len(problems) > MAX_PROBLEMS:
+        lines.append(f"... and {len(problems) - MAX_PROBLEMS} more")
     message = (
         lines[0]
-        if len(lines) == 1
-        else f"{len(lines)} problems in {source}:\n" + "\n".join(f"  {line}" for line in lines)
+        if len(problems) == 1
+        else f"{len(problems)} problems in {source}:\n" + "\n".join(f"  {line}" for line in lines)
     )
     first = problems[0]
     return ConfigurationError(message, file=source, line=first.line, field=first.field)
@@ -103,16 +143,71 @@ def format_path(parts: Loc) -> str:
     return out
 
 
+class _TooLarge(Exception):
+    """The document nests too deep or expands to too many values."""
+
+    def __init__(self, line: int | None, text: str) -> None:
+        super().__init__(text)
+        self.problem = Problem(line, None, text)
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """``SafeLoader`` that refuses nesting deeper than :data:`MAX_DEPTH` (composing recurses)."""
+
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        if self._depth >= MAX_DEPTH:
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            line = event.start_mark.line + 1
+            raise _TooLarge(
+                line, f"nested deeper than {MAX_DEPTH} levels (lists or mappings inside each other)"
+            )
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _check_size(root: yaml.Node) -> None:
+    """Refuse recursive aliases and more than :data:`MAX_VALUES` nodes with aliases expanded."""
+    sizes: dict[int, int] = {}
+    open_: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        known = sizes.get(id(node))
+        if known is not None:
+            return known
+        if id(node) in open_:
+            line = node.start_mark.line + 1
+            raise _TooLarge(line, "an alias (*name) refers to a value that contains it")
+        open_.add(id(node))
+        total = 1
+        if isinstance(node, yaml.MappingNode):
+            total += sum(size(key) + size(value) for key, value in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            total += sum(size(item) for item in node.value)
+        sizes[id(node)] = total = min(total, MAX_VALUES + 1)
+        return total
+
+    if size(root) > MAX_VALUES:
+        raise _TooLarge(
+            None, f"more than {MAX_VALUES} values (an alias *name counts each time it is used)"
+        )
+
+
 def read_yaml(text: str, source: str, env: Mapping[str, str]) -> tuple[yaml.Node | None, Any]:
     """The node tree (for line numbers) and the data, after key checks and interpolation."""
     try:
-        loader = yaml.SafeLoader(text)  # checks the characters first
+        loader = _BoundedLoader(text)  # checks the characters first
     except yaml.YAMLError as exc:
         raise config_error(source, [_syntax_problem(exc, text)]) from None
     try:
         root = loader.get_single_node()
         if root is None:
             return None, None
+        _check_size(root)
         problems: list[Problem] = []
         _prepare(root, (), env, problems, set())
         if problems:
@@ -120,6 +215,8 @@ def read_yaml(text: str, source: str, env: Mapping[str, str]) -> tuple[yaml.Node
         return root, loader.construct_document(root)
     except yaml.YAMLError as exc:  # never chained: its text quotes the source line
         raise config_error(source, [_syntax_problem(exc, text)]) from None
+    except _TooLarge as exc:
+        raise config_error(source, [exc.problem]) from None
     finally:
         loader.dispose()
 
@@ -274,7 +371,7 @@ def _expectation(error: Any, loc: Loc, model: type[BaseModel]) -> str:
     if kind == "too_short" and ctx.get("min_length") == 1:
         text = "expected a non-empty value"
     quote = " (quote it)" if kind == "string_type" and isinstance(value, int | float) else ""
-    if any(isinstance(p, str) and ("password" in p or "secret" in p) for p in loc):
+    if _is_secret(loc):
         return text + quote  # a secret's input is never echoed
     return f"{text}, got {_shown(value)}{quote}"
 

@@ -543,3 +543,192 @@ def test_the_examples_conflict_policies_build_a_resolver_whose_merge_keeps_both_
     assert [e.payload["items"] for e in first.accepted] == [["apple"]]
     assert second.reason == "merged"
     assert [e.payload["items"] for e in second.accepted] == [["apple", "pear"]]
+
+
+# --- hostile input: secrets, sizes, nesting, encodings, globs (issue 10) ------------------
+
+
+@pytest.mark.parametrize(
+    ("section", "line", "field"),
+    [
+        ("  security_protocol: SASL_SSL\n  sasl: 'svc:Hunter2'\n", 5, "kafka.sasl"),
+        ("zookeeper:\n  auth: 'svc:Hunter2'\n", 5, "zookeeper.auth"),
+        ("zookeeper:\n  auth: [svc, Hunter2]\n", 5, "zookeeper.auth"),
+    ],
+)
+def test_a_credentials_section_given_as_a_scalar_is_never_echoed(
+    section: str, line: int, field: str
+) -> None:
+    error = _error(BASE + section)
+    assert f"kct.yaml:{line}: {field}: expected a mapping" in str(error)
+    _assert_secret_free(str(error))
+
+
+@pytest.mark.parametrize(
+    "servers",
+    [
+        "svc:Hunter2@broker:9092",
+        "SASL_SSL://svc:Hunter2@broker:9092",
+        "broker:9092,svc:Hunter2@other:9092",
+        "svc:Hunter2@broker",
+    ],
+)
+def test_credentials_in_bootstrap_servers_are_refused_without_echoing_them(servers: str) -> None:
+    error = _error(f"version: 1\nkafka:\n  bootstrap_servers: '{servers}'\n")
+    assert "kct.yaml:3: kafka.bootstrap_servers: must not contain credentials" in str(error)
+    _assert_secret_free(str(error))
+    hosts = _error(BASE + f"zookeeper:\n  hosts: '{servers}'\n")
+    assert "kct.yaml:5: zookeeper.hosts: must not contain credentials" in str(hosts)
+    _assert_secret_free(str(hosts))
+
+
+SECRET_EXTRA = {
+    "ssl.key.pem": "-----BEGIN PRIVATE KEY----- Hunter2",
+    "sasl.oauthbearer.config": "clientId=svc clientSecret=Hunter2",
+    "sasl.oauthbearer.token.endpoint.url": "https://idp/token?key=Hunter2",
+    "sasl.kerberos.jaas": "Hunter2",
+    "ssl.credentials.file": "Hunter2",
+}
+
+
+def _secret_extra_file(tmp_path: Path) -> Path:
+    extra = "".join(f"    {key}: '{value}'\n" for key, value in SECRET_EXTRA.items())
+    path = tmp_path / "kct.yaml"
+    path.write_text(BASE + "  extra:\n    socket.keepalive.enable: true\n" + extra)
+    return path
+
+
+def test_secret_like_extra_options_are_redacted_but_passed_to_librdkafka(tmp_path: Path) -> None:
+    config = load_config(_secret_extra_file(tmp_path), {})
+    view = config.describe()
+    assert view["kafka"]["extra"] == {
+        "socket.keepalive.enable": True,
+        **dict.fromkeys(SECRET_EXTRA, "***"),
+    }
+    _assert_secret_free(json.dumps(view))
+    options = config.kafka.librdkafka_config()
+    assert options["ssl.key.pem"] == SECRET_EXTRA["ssl.key.pem"]  # the one place that reveals
+
+
+def test_check_and_check_json_never_print_a_secret_extra_option(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    path = _secret_extra_file(tmp_path)
+    for args in (["config", "check", str(path)], ["config", "check", str(path), "--json"]):
+        result = runner.invoke(cli, args)
+        assert result.exit_code == 0, result.output
+        _assert_secret_free(result.output)
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["[" * 5000 + "]" * 5000, "{a: " * 5000 + "}" * 5000, "[" * 65 + "]" * 65],
+    ids=["lists-5000", "mappings-5000", "lists-65"],
+)
+def test_deep_nesting_is_a_clear_error_not_a_recursion_error(value: str) -> None:
+    error = _error(BASE + f"x: {value}\n")
+    assert str(error).startswith("kct.yaml:4: nested deeper than 64 levels")
+
+
+def test_nesting_up_to_the_limit_is_read() -> None:
+    error = _error(BASE + "x: " + "[" * 63 + "]" * 63 + "\n")
+    assert "kct.yaml:4: x: unknown key" in str(error)  # parsed, then refused as a key
+
+
+def test_alias_bombs_and_recursive_aliases_are_refused() -> None:
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{n}: &a{n} [{', '.join([f'*a{n - 1}'] * 10)}]" for n in range(1, 9)]
+    bomb = _error(BASE + "\n".join(lines) + "\n")
+    assert str(bomb).startswith("kct.yaml: more than 100000 values")
+    loop = _error(BASE + "x: &loop [*loop]\n")
+    assert str(loop).startswith("kct.yaml:4: an alias (*name) refers to a value that contains it")
+
+
+def test_too_many_problems_are_counted_not_listed() -> None:
+    items = "".join(f"    - [{n}]\n" for n in range(200))
+    error = _error(BASE + "consistency:\n  projections:\n" + items)
+    message = str(error)
+    assert message.startswith("200 problems in kct.yaml:")
+    assert "... and 150 more" in message
+    assert len(message.splitlines()) == 52
+
+
+def test_files_over_1_mib_are_refused_quickly(tmp_path: Path) -> None:
+    import time
+
+    path = tmp_path / "kct.yaml"
+    path.write_text(BASE + "x: " + "a" * (5 * 1024 * 1024) + "\n")
+    started = time.monotonic()
+    with pytest.raises(ConfigurationError, match=r"larger than 1 MiB, the limit for a kct\.yaml"):
+        load_config(path, {})
+    with pytest.raises(ConfigurationError, match="larger than 1 MiB"):
+        parse_config(path.read_text(), source="kct.yaml", environ={})
+    assert time.monotonic() - started < 2
+    if Path("/dev/zero").exists():  # endless: read no more than the limit
+        with pytest.raises(ConfigurationError, match="larger than 1 MiB"):
+            load_config("/dev/zero", {})
+
+
+def test_non_utf8_file_names_the_line_and_byte_offset(tmp_path: Path) -> None:
+    path = tmp_path / "kct.yaml"
+    path.write_bytes(BASE.encode() + b"service: caf\xe9\n")
+    with pytest.raises(ConfigurationError) as info:
+        load_config(path, {})
+    offset = len(BASE) + len("service: caf")
+    assert str(info.value).startswith(
+        f"{path}:4: the file must be UTF-8; byte 0xe9 at offset {offset} is not"
+    )
+    assert info.value.context["line"] == 4
+
+
+def test_directories_and_unreadable_paths_are_configuration_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="cannot read the file"):
+        load_config(tmp_path, {})
+
+
+@pytest.mark.parametrize(
+    ("pattern", "expected"),
+    [
+        ("vip-[", "invalid glob 'vip-[': '[' at character 5 is never closed"),
+        ("[z-a]*", "invalid glob '[z-a]*': the range z-a is empty (did you mean a-z?)"),
+        ("[!9-0]x", "the range 9-0 is empty"),
+        ("a[]", "'[' at character 2 is never closed"),
+        ("[ab][", "'[' at character 5 is never closed"),
+    ],
+)
+def test_invalid_or_never_matching_globs_are_refused_with_their_line(
+    pattern: str, expected: str
+) -> None:
+    error = _error(BASE + f"consistency:\n  strong:\n    - type: t\n      pattern: '{pattern}'\n")
+    assert f"kct.yaml:7: consistency.strong[0].pattern: invalid glob '{pattern}'" in str(error)
+    assert expected in str(error)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "matching", "other"),
+    [
+        ("vip-*", "vip-7", "v-7"),
+        ("[ab]*", "b1", "c1"),
+        ("[!a-c]x", "dx", "bx"),
+        ("[]]x", "]x", "ax"),
+        ("[-a]", "-", "b"),
+        ("[a-]", "-", "b"),
+        ("[[]x", "[x", "x"),
+        ("[a-c-e]", "-", "d"),  # fnmatch reads a-c, then '-' and 'e'
+    ],
+)
+def test_valid_globs_are_kept_and_match_as_fnmatch_does(
+    pattern: str, matching: str, other: str
+) -> None:
+    rule = _parse(BASE + f"consistency:\n  strong:\n    - pattern: '{pattern}'\n").consistency
+    assert rule.is_strong("t", matching)
+    assert not rule.is_strong("t", other)
+
+
+def test_deployment_defaults_and_is_a_kafka_safe_name() -> None:
+    assert _parse(BASE).deployment == "default"
+    assert _parse(BASE + "deployment: eu-west.prod_2\n").deployment == "eu-west.prod_2"
+    assert load_config(EXAMPLE, SECRETS).deployment == "orders-prod"
+    for bad in ("'..'", "'.'", "'a b'", "'x/y'", "''", "'" + "d" * 65 + "'", "7"):
+        error = _error(BASE + f"deployment: {bad}\n")
+        assert "kct.yaml:4: deployment: expected" in str(error)

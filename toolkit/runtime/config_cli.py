@@ -78,6 +78,7 @@ def _print_summary(cfg: KctConfig, resolved: list[dict[str, Any]]) -> None:
     console.print(Text("valid", style="green") + Text(f": {cfg.source}"))
     overview = Table(show_header=False, box=None)
     _add_row(overview, "service", cfg.service)
+    _add_row(overview, "deployment", cfg.deployment)
     _add_row(overview, "kafka", f"{kafka.bootstrap_servers} ({kafka.security_protocol}{sasl})")
     _add_row(overview, "zookeeper", f"{zk.hosts}, locks under {zk.lock_root}")
     _add_row(

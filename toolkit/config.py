@@ -428,8 +428,31 @@ class ConsistencyConfig(_Model):
         return rule.projections if rule and rule.projections is not None else self.projections
 
 
+def _refuse_lossy(strategies: tuple[Strategy, ...]) -> None:
+    """Refuse the pipelines that lose or double-apply events (docs/configuration.md)."""
+    if "reorder" in strategies and ("merge" in strategies or "reject" in strategies):
+        winner = "merge" if "merge" in strategies else "reject"
+        raise _invalid(
+            f"reorder drops a concurrent writer's event claiming a sequence already applied "
+            f"(already_applied_sequence), so {winner!r} never sees it; "
+            f"for concurrent writers use [deduplicate, {winner}]"
+        )
+    if "merge" in strategies and "deduplicate" not in strategies:
+        raise _invalid(
+            "merge without deduplicate merges a redelivered event again; use [deduplicate, merge]"
+        )
+
+
 class ConflictPolicy(_Model):
-    """How concurrent events of one aggregate type are resolved, strategies in order."""
+    """How concurrent events of one aggregate type are resolved, strategies in order.
+
+    Safe pipelines (the lossy ones are refused: :func:`_refuse_lossy`): one writer
+    per aggregate, events possibly duplicated or out of order:
+    ``[deduplicate, reorder]`` (``last_write_wins`` after ``reorder`` changes
+    nothing: the highest sequence is the last write); concurrent writers:
+    ``[deduplicate, last_write_wins]``, ``first_write_wins``,
+    ``[deduplicate, merge]``, ``[deduplicate, reject]``.
+    """
 
     strategies: tuple[Strategy, ...]
     merge: MergePath | None = Field(default=None, validate_default=True)
@@ -460,6 +483,7 @@ class ConflictPolicy(_Model):
                 f"expected deduplicate/reorder first and {winners[0]!r} last, "
                 f"got [{', '.join(strategies)}]"
             )
+        _refuse_lossy(strategies)
         return strategies
 
     @field_validator("merge")

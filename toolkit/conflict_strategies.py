@@ -14,7 +14,7 @@ Buffered (and merged) events are stored as JSON documents
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -43,6 +43,10 @@ __all__ = [
 MergeFunction = Callable[[dict[str, Any] | None, Envelope], Envelope]
 """``merge(current_payload_or_None, incoming) -> envelope to apply``."""
 
+Source = Mapping[str, Any]
+"""Where an event came from (JSON: e.g. topic, partition, offset, record bytes),
+opaque to the resolver: stored with a buffered event, handed back on release."""
+
 
 class Reason:
     """Why the resolver applied, held back or rejected an event."""
@@ -69,10 +73,23 @@ class Reason:
 
 @dataclass(slots=True)
 class Item:
-    """An event on its way through the pipeline; ``trigger``: the one resolve() was given."""
+    """An event on its way through the pipeline; ``trigger``: the one resolve() was given.
+
+    ``source``: the caller's description of where the event came from, or a
+    function making it (called only if the event is buffered); ``error``: why
+    a stage failed on it (a merge function that raised, ...).
+    """
 
     envelope: Envelope
     trigger: bool = False
+    source: Source | Callable[[], Source] | None = None
+    error: str | None = None
+
+    def source_document(self) -> Source | None:
+        """The source as a document (made now if it was given as a function)."""
+        if callable(self.source):
+            self.source = self.source()
+        return self.source
 
 
 @dataclass(slots=True)
@@ -194,6 +211,9 @@ class Reorder:
             "arrived_ms": now_ms,
             "event": envelope_to_document(event),
         }
+        source = item.source_document()
+        if source is not None:
+            entry["source"] = dict(source)
         buffer.insert(at, entry)
         aggregate.buffer_changed()
         step = Step(buffered=[item])
@@ -237,7 +257,7 @@ class Reorder:
             and entry["event"]["event_id"] == trigger.envelope.event_id
         ):
             return trigger
-        return Item(envelope_from_document(entry["event"]))
+        return Item(envelope_from_document(entry["event"]), source=entry.get("source"))
 
 
 class _Winner:
@@ -254,11 +274,22 @@ class _Winner:
 
 
 class LastWriteWins:
-    """Apply an event only if its HLC is above the last applied one's."""
+    """Apply an event only if its HLC is above the last applied one's.
+
+    After ``reorder`` (``after_reorder``) the events come one per sequence, in
+    sequence order: one writer's order, whatever HLCs it stamped (a writer that
+    publishes sequence 3 before 2 stamps 3 with the older HLC). Then the last
+    write is the highest sequence: every event passes, none is compared by HLC.
+    """
 
     name = "last_write_wins"
 
+    def __init__(self, *, after_reorder: bool = False) -> None:
+        self.after_reorder = after_reorder
+
     def process(self, item: Item, aggregate: AggregateState, now_ms: int) -> Step:
+        if self.after_reorder:
+            return _passed(item, Reason.APPLIED)
         hlc = item.envelope.hlc
         if hlc is None:
             return _rejected(item, Reason.MISSING_HLC)
@@ -317,7 +348,7 @@ class Merge(_Winner):
             _check_merged(applied, event)
         aggregate.set_current(applied)
         self._accept(aggregate, event, applied)
-        return _passed(Item(applied, item.trigger), reason)
+        return _passed(Item(applied, item.trigger, item.source), reason)
 
 
 def _check_merged(applied: object, incoming: Envelope) -> None:

@@ -25,14 +25,16 @@ rest. Per aggregate (``aggregate_type``, ``aggregate_id``):
                       it; ``> next``: buffer (``buffered``); ``< next``: reject
                       (``already_applied_sequence``). ``next`` starts at 1
 ``last_write_wins``   reject an HLC below the last applied one (``stale_hlc``;
-                      equal: ``duplicate``; no HLC: ``missing_hlc``)
+                      equal: ``duplicate``; no HLC: ``missing_hlc``); after
+                      ``reorder``: pass everything (see below)
 ``first_write_wins``  reject a sequence not above the last applied one
                       (``already_written``)
 ``reject``            the same rule for conflicts to dead-letter
                       (``rejected_conflict``)
 ``merge``             apply an event whose sequence is above the last applied
                       one as is; otherwise apply ``merge(current payload,
-                      event)`` (``merged``)
+                      event)`` (``merged``); a merge that raises or returns
+                      no storable envelope of the aggregate: ``merge_error``
 ====================  =========================================================
 
 A policy has at most one winner (the last four). A winner recognises only a
@@ -43,6 +45,23 @@ winner sees one event per sequence: of two events claiming one sequence, the
 first to reach ``reorder`` passes and the other is rejected
 (``already_applied_sequence``, or ``duplicate_sequence`` while buffered). To
 arbitrate concurrent writers by HLC, use ``last_write_wins`` without it.
+After ``reorder``, ``last_write_wins`` compares no HLCs: the events come in
+one writer's sequence order, and a writer that publishes sequence 3 before 2
+stamps 3 with the older HLC, so the last write is the highest sequence.
+
+Which pipelines are safe for which writers (``kct.yaml`` refuses the lossy
+ones): one writer per aggregate, events duplicated or out of order:
+``[deduplicate, reorder]`` (``+ last_write_wins``, the same); concurrent
+writers: ``[deduplicate, last_write_wins]`` (highest HLC, ties by node id),
+``first_write_wins``, ``[deduplicate, merge]``, ``[deduplicate, reject]``.
+``reorder`` with ``merge`` or ``reject`` drops a concurrent claim on an
+applied sequence before the winner sees it; ``merge`` without
+``deduplicate`` merges a redelivery again.
+
+Time: ``now_ms`` is event time, the highest record timestamp seen on the
+partition (:meth:`ConflictResolver.observe`, kept in the state), so expiry
+is a function of the log: a runner catching up on a backlog, a replay and a
+rebuild from offset 0 decide exactly as a runner that kept up.
 
 State, under the reserved prefix ``__kct.conflicts/`` that handlers must not
 write (``<T>/<I>``: aggregate type and id, percent-encoded so that ``/`` in
@@ -54,7 +73,13 @@ an id cannot make two aggregates share a key):
 * ``<T>/<I>/buffer``: ``{"events": [{"sequence", "arrived_ms", "event":
   envelope document}, ...]}``; ``<T>/<I>/current``: merge's ``{"payload"}``;
 * ``reorder-index``: ``{"entries": "\\n<T>/<I> <oldest_ms>\\n..."}``, the
-  aggregates with buffered events.
+  aggregates with buffered events;
+* ``clock``: ``event_ms`` (event time), ``due`` (no gap can expire before;
+  null: none buffered) and ``policies`` (which waits ``due`` assumed).
+
+A buffered event keeps the caller's ``source`` (e.g. the record's topic,
+partition, offset and bytes), handed back by the Resolution that releases or
+rejects it (``Resolution.source_of``), so it can be dead-lettered later.
 
 Growing documents are flat strings: a ``ReadModelBatch`` deep-copies every
 document it hands out, about 1 ms for a list of 10,000 ids against
@@ -79,20 +104,22 @@ Failure modes:
   the run behind it (``on_gap="skip"``), or rejects that run
   (``"dead_letter"``: ``gap_dead_lettered``). A buffer that would exceed
   ``reorder_max_buffer`` expires its oldest gap at once. An event of the gap
-  arriving later is rejected ``already_applied_sequence``. Expiry depends on
-  the clock: a replay re-decides an expiry that was not stored.
-* A merge function that raises on the event given to ``resolve``: the
-  exception propagates as is, nothing written (the runner dead-letters the
-  event; its sequence then shows up as a gap). On an event released from
-  the buffer (not the trigger's fault) that event is rejected
-  ``merge_error`` and logged, so one bad event cannot wedge ``expire``.
+  arriving later is rejected ``already_applied_sequence``. In event time a
+  gap on a partition that receives nothing more stays open: the caller may
+  expire it by the wall clock (the runner does, on an idle partition), a
+  decision a rebuild does not repeat.
+* A merge function that raises, or returns something other than an envelope
+  of the event's aggregate whose payload JSON can hold: that event is
+  rejected ``merge_error`` (``Resolution.error_of`` says why), the earlier
+  stages' bookkeeping stands (its id is remembered, its sequence passed), and
+  the aggregate goes on. A buffered event that fails later likewise.
 * A payload JSON cannot hold (``Decimal``, ``datetime``, ...) raises
-  ``SerializationError`` when the resolver must store it (a buffered event,
-  merge's current payload), nothing written.
+  ``SerializationError`` when ``reorder`` must buffer it, nothing written.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import logging
 import time
@@ -114,6 +141,7 @@ from toolkit.conflict_strategies import (
     Reason,
     RejectConcurrent,
     Reorder,
+    Source,
     Step,
     Strategy,
 )
@@ -136,6 +164,7 @@ __all__ = [
     "Reason",
     "Resolution",
     "ResolverPolicy",
+    "Source",
     "envelope_from_document",
     "envelope_to_document",
     "resolver_from_config",
@@ -145,6 +174,7 @@ log = logging.getLogger(__name__)
 
 STATE_PREFIX = "__kct.conflicts/"
 INDEX_KEY = f"{STATE_PREFIX}reorder-index"
+CLOCK_KEY = f"{STATE_PREFIX}clock"
 STRATEGIES = (
     "deduplicate",
     "reorder",
@@ -180,6 +210,18 @@ class Resolution:
     strategy: str
     reason: str
     gap: tuple[int, int] | None = None  # the missing sequences, both ends included
+    # (event, source) of events decided here that were not the trigger and
+    # were buffered with a source; (event, error) of events a stage failed on.
+    sources: tuple[tuple[Envelope, Source], ...] = ()
+    errors: tuple[tuple[Envelope, str], ...] = ()
+
+    def source_of(self, event: Envelope) -> Source | None:
+        """The source stored with ``event`` (this very object) when it was buffered."""
+        return next((source for e, source in self.sources if e is event), None)
+
+    def error_of(self, event: Envelope) -> str | None:
+        """Why a stage failed on ``event`` (this very object), if one did."""
+        return next((error for e, error in self.errors if e is event), None)
 
     @property
     def aggregate(self) -> tuple[str, str]:
@@ -465,6 +507,8 @@ class _Outcome:
     def __init__(self) -> None:
         self.accepted: list[Envelope] = []
         self.rejected: list[tuple[Envelope, str]] = []
+        self.sources: list[tuple[Envelope, Source]] = []
+        self.errors: list[tuple[Envelope, str]] = []
         self.decisions: list[tuple[str, str]] = []  # (strategy, reason) for counts
         self.trigger: tuple[str, str] | None = None
         self.trigger_rejected = False
@@ -477,6 +521,7 @@ class _Outcome:
         for item, why in step.rejected:
             self.rejected.append((item.envelope, why))
             self.decisions.append((strategy, why))
+            self._note(item)
             if item.trigger:
                 self.trigger, self.trigger_rejected = (strategy, why), True
         for item in step.buffered:
@@ -491,8 +536,15 @@ class _Outcome:
         for item, why in passed:
             self.accepted.append(item.envelope)
             self.decisions.append((strategy, why))
+            self._note(item)
             if item.trigger:
                 self.trigger = (strategy, why)
+
+    def _note(self, item: Item) -> None:
+        if item.error is not None:
+            self.errors.append((item.envelope, item.error))
+        if not item.trigger and isinstance(item.source, Mapping):
+            self.sources.append((item.envelope, item.source))
 
     def resolution(self, event: Envelope | None) -> Resolution:
         if self.trigger is not None and self.trigger_rejected:
@@ -504,7 +556,14 @@ class _Outcome:
         else:
             strategy, reason = self.trigger
         return Resolution(
-            event, tuple(self.accepted), tuple(self.rejected), strategy, reason, self.gap
+            event,
+            tuple(self.accepted),
+            tuple(self.rejected),
+            strategy,
+            reason,
+            self.gap,
+            tuple(self.sources),
+            tuple(self.errors),
         )
 
 
@@ -530,10 +589,20 @@ class ConflictResolver:
         self._clock = clock
         self._pipelines = {t: self._build(p) for t, p in self._policies.items()}
         self._default_pipeline = self._build(default) if default is not None else ()
+        # Names the waits a stored next-expiry time was computed with.
+        waits = sorted((t, self._max_wait(p)) for t, p in self._pipelines.items())
+        waits.append(("", self._max_wait(self._default_pipeline)))
+        self._fingerprint = hashlib.sha1(repr(waits).encode()).hexdigest()[:16]
 
     @staticmethod
     def _build(policy: ResolverPolicy) -> tuple[Strategy, ...]:
-        return tuple(_FACTORIES[name](policy) for name in policy.strategies)
+        names = policy.strategies
+        return tuple(
+            LastWriteWins(after_reorder="reorder" in names[:at])
+            if name == "last_write_wins"
+            else _FACTORIES[name](policy)
+            for at, name in enumerate(names)
+        )
 
     def policy_for(self, aggregate_type: str) -> ResolverPolicy | None:
         """The policy of ``aggregate_type`` (None: its events pass as they are)."""
@@ -543,9 +612,19 @@ class ConflictResolver:
         return self._pipelines.get(aggregate_type, self._default_pipeline)
 
     def resolve(
-        self, envelope: Envelope, state: ConflictState, now_ms: int | None = None
+        self,
+        envelope: Envelope,
+        state: ConflictState,
+        now_ms: int | None = None,
+        *,
+        source: Source | Callable[[], Source] | None = None,
     ) -> Resolution:
-        """Decide what to apply now because ``envelope`` arrived (``now_ms``: arrival time)."""
+        """Decide what to apply now because ``envelope`` arrived.
+
+        ``now_ms``: its arrival time (event time: see :meth:`observe`);
+        ``source``: where it came from (JSON, or a function making it), kept
+        if it is buffered and handed back by the Resolution that releases it.
+        """
         pipeline = self._pipeline(envelope.aggregate_type)
         if not pipeline:
             self.counts[(_NONE, Reason.NO_POLICY)] += 1
@@ -553,17 +632,83 @@ class ConflictResolver:
         now = self._clock() if now_ms is None else now_ms
         aggregate = AggregateState(state, envelope.aggregate_type, envelope.aggregate_id)
         outcome = _Outcome()
-        pending = [(Item(envelope, True), "")]
+        pending = [(Item(envelope, True, source), "")]
         self._run(pipeline, pending, aggregate, now, outcome, final=pipeline[-1].name)
         index = _ReorderIndex(state)
         aggregate.flush(index)
         index.flush()
+        oldest = aggregate.head.get("oldest_ms")
+        if oldest is not None:
+            self._schedule(state, oldest + self._max_wait(pipeline))
         self.counts.update(outcome.decisions)
         return outcome.resolution(envelope)
 
+    # -- event time ------------------------------------------------------------
+
+    def observe(self, state: ConflictState, timestamp_ms: int | None) -> int:
+        """Advance the state's event time to ``timestamp_ms`` if later; return it.
+
+        Event time is the highest record timestamp seen (by the state's
+        partition): pass it as ``now_ms`` to :meth:`resolve` and :meth:`expire`
+        and every decision is a function of the log, so a replay or a rebuild
+        decides exactly as the first run did, however far behind it reads.
+        """
+        clock = state.get(CLOCK_KEY) or {}
+        event_ms: int = clock.get("event_ms", 0)
+        if timestamp_ms is not None and timestamp_ms > event_ms:
+            state.put(CLOCK_KEY, {**clock, "event_ms": timestamp_ms})
+            return timestamp_ms
+        return event_ms
+
+    def event_time(self, state: ConflictState) -> int:
+        """The state's event time (0 before any timestamp was observed)."""
+        clock = state.get(CLOCK_KEY) or {}
+        event_ms: int = clock.get("event_ms", 0)
+        return event_ms
+
+    @staticmethod
+    def _max_wait(pipeline: tuple[Strategy, ...]) -> int:
+        reorder = next((s for s in pipeline if isinstance(s, Reorder)), None)
+        return 0 if reorder is None else reorder.max_wait_ms
+
+    def _schedule(self, state: ConflictState, due_ms: int) -> None:
+        """Bring the next expiry forward to ``due_ms`` (a lower bound: expire() checks)."""
+        clock = state.get(CLOCK_KEY)
+        if clock is None or clock.get("policies") != self._fingerprint or "due" not in clock:
+            return  # unknown: the next expire() scans the index
+        if clock["due"] is None or due_ms < clock["due"]:
+            state.put(CLOCK_KEY, {**clock, "due": due_ms})
+
+    def _not_due(self, clock: dict[str, Any] | None, now_ms: int) -> bool:
+        if clock is None or clock.get("policies") != self._fingerprint or "due" not in clock:
+            return False
+        due: int | None = clock["due"]
+        return due is None or now_ms < due
+
+    def _set_due(
+        self, state: ConflictState, clock: dict[str, Any] | None, index: _ReorderIndex
+    ) -> None:
+        due = min(
+            (
+                oldest + self._max_wait(self._pipeline(_parse_index_entry(entry)[0]))
+                for entry, oldest in index.entries().items()
+            ),
+            default=None,
+        )
+        clock = clock or {}
+        updated = {**clock, "due": due, "policies": self._fingerprint}
+        if updated != clock:
+            state.put(CLOCK_KEY, updated)
+
     def expire(self, state: ConflictState, now_ms: int | None = None) -> list[Resolution]:
-        """Report and close every gap whose oldest buffered event waited its policy's limit."""
+        """Report and close every gap whose oldest buffered event waited its policy's limit.
+
+        Cheap when nothing is due: the state keeps when the next gap can be.
+        """
         now = self._clock() if now_ms is None else now_ms
+        clock = state.get(CLOCK_KEY)
+        if self._not_due(clock, now):
+            return []
         index = _ReorderIndex(state)
         resolutions: list[Resolution] = []
         outcomes: list[_Outcome] = []
@@ -591,6 +736,7 @@ class ConflictResolver:
         for aggregate in touched:
             aggregate.flush(index)
         index.flush()
+        self._set_due(state, clock, index)
         for outcome in outcomes:
             self.counts.update(outcome.decisions)
         return resolutions
@@ -618,16 +764,17 @@ class ConflictResolver:
     def _process(stage: Strategy, item: Item, aggregate: AggregateState, now_ms: int) -> Step:
         try:
             return stage.process(item, aggregate, now_ms)
-        except Exception as exc:
-            if item.trigger or not isinstance(stage, Merge):
+        except Exception as exc:  # a merge function that raised or returned garbage
+            if not isinstance(stage, Merge):
                 raise
+            item.error = f"{type(exc).__name__}: {exc}"
             log.warning(
-                "merge failed on released event %s (%s/%s #%d), rejected: %s",
+                "merge failed on event %s (%s/%s #%d), rejected: %s",
                 item.envelope.event_id,
                 item.envelope.aggregate_type,
                 item.envelope.aggregate_id,
                 item.envelope.sequence,
-                exc,
+                item.error,
             )
             return Step(rejected=[(item, Reason.MERGE_ERROR)])
 

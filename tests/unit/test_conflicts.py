@@ -556,10 +556,13 @@ def test_expire_reads_only_aggregates_with_buffered_events() -> None:
     res.resolve(event(3, "late"), state, now_ms=0)
     state.gets = 0
     assert res.expire(state, now_ms=1) == []
-    assert state.gets == 1  # the index only
+    assert state.gets == 2  # the clock (no next expiry stored yet), then the index
+    state.gets = 0
+    assert res.expire(state, now_ms=1) == []
+    assert state.gets == 1  # the clock only: it says when the next gap can expire
     state.gets = 0
     (gap,) = res.expire(state, now_ms=5_000)
-    assert gap.aggregate == ("order", "late") and state.gets == 3  # index, head, buffer
+    assert gap.aggregate == ("order", "late") and state.gets == 4  # clock, index, head, buffer
 
 
 def test_a_buffer_left_by_a_policy_without_reorder_is_released() -> None:
@@ -638,17 +641,47 @@ def test_merge_applies_in_order_events_and_merges_concurrent_ones(policy: Resolv
     assert res.resolve(tagged(3, "d", "q"), state).accepted[0].payload == {"tags": ["q"]}
 
 
-def test_a_failing_merge_propagates_and_writes_nothing() -> None:
-    def boom(current: dict[str, Any] | None, incoming: Envelope) -> Envelope:
-        raise ValueError("cannot merge")
+class Unserializable:
+    pass
 
-    res = ConflictResolver({"order": ResolverPolicy(("deduplicate", "merge"), merge=boom)})
+
+def _raises(current: dict[str, Any] | None, incoming: Envelope) -> Envelope:
+    raise RuntimeError("cannot merge")
+
+
+BAD_MERGES: dict[str, Any] = {
+    "raises": _raises,
+    "returns a str": lambda current, incoming: "not an envelope",
+    "returns None": lambda current, incoming: None,
+    "returns another aggregate": lambda current, incoming: incoming.with_changes(
+        aggregate_id="elsewhere"
+    ),
+    "returns an unserializable payload": lambda current, incoming: incoming.with_changes(
+        payload={"x": Unserializable()}
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_MERGES))
+def test_a_bad_merge_rejects_its_event_with_the_error_and_the_aggregate_goes_on(kind: str) -> None:
+    res = ConflictResolver(
+        {"order": ResolverPolicy(("deduplicate", "merge"), merge=BAD_MERGES[kind])}
+    )
     state = JsonState()
     res.resolve(tagged(1, "a", "x"), state)
-    before = dict(state.documents)
-    with pytest.raises(ValueError, match="cannot merge"):
-        res.resolve(tagged(1, "b", "y"), state)
-    assert state.documents == before
+    conflict = tagged(1, "b", "y")
+    decided = res.resolve(conflict, state)
+    assert (decided.reason, decided.accepted) == (Reason.MERGE_ERROR, ())
+    assert rejected(decided) == [(1, Reason.MERGE_ERROR)]
+    error = decided.error_of(conflict)
+    assert error is not None and error.split(":")[0] in (
+        "RuntimeError",
+        "ConfigurationError",
+        "SerializationError",
+    )
+    # The merge wrote nothing; the next in-order event applies as usual.
+    assert res.resolve(tagged(2, "c", "z"), state).reason == Reason.APPLIED
+    assert res.resolve(conflict, state).reason == Reason.DUPLICATE
 
 
 def test_a_failing_merge_on_a_released_event_rejects_that_event() -> None:
@@ -667,17 +700,6 @@ def test_a_failing_merge_on_a_released_event_rejects_that_event() -> None:
     released = res.resolve(tagged(2, "fine", "z"), state)
     assert released.reason == Reason.MERGED and seqs(released.accepted) == [2]
     assert rejected(released) == [(3, Reason.MERGE_ERROR)]
-
-
-def test_a_merge_returning_another_aggregate_is_a_configuration_error() -> None:
-    def wrong(current: dict[str, Any] | None, incoming: Envelope) -> Envelope:
-        return incoming.with_changes(aggregate_id="elsewhere")
-
-    res = ConflictResolver({"order": ResolverPolicy(("merge",), merge=wrong)})
-    state = JsonState()
-    res.resolve(tagged(1, "a", "x"), state)
-    with pytest.raises(ConfigurationError):
-        res.resolve(tagged(1, "b", "y"), state)
 
 
 @pytest.mark.parametrize(

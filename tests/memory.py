@@ -26,12 +26,18 @@ class InMemoryLog:
         self.topics: dict[str, list[ConsumedRecord]] = {}
         self.committed: dict[str, dict[TopicPartition, int]] = {}
         self.fail_topics: set[str] = set()
+        # Like the broker's message.max.bytes (key + value + headers), when set.
+        self.max_record_bytes: int | None = None
 
     def produce(self, records: Sequence[OutgoingRecord]) -> list[Position]:
         positions = []
         for record in records:
             if record.topic in self.fail_topics:
                 raise PublishError("injected failure", topic=record.topic)
+            size = len(record.key or b"") + len(record.value or b"")
+            size += sum(len(k) + len(v) for k, v in record.headers)
+            if self.max_record_bytes is not None and size > self.max_record_bytes:
+                raise PublishError("too large", topic=record.topic, code="MSG_SIZE_TOO_LARGE")
             log = self.topics.setdefault(record.topic, [])
             stored = ConsumedRecord(
                 record.topic, 0, len(log), record.key, record.value, record.headers, 0
@@ -54,6 +60,7 @@ class InMemoryConsumer:
         self.topics: list[str] = []
         committed = log.committed.setdefault(group, {})
         self.position: dict[TopicPartition, int] = dict(committed)
+        self.idled = 0.0
 
     def subscribe(
         self,
@@ -82,10 +89,14 @@ class InMemoryConsumer:
         self.log.committed[self.group].update(offsets)
 
     def rewind(self, offsets: Mapping[TopicPartition, int]) -> None:
-        self.position.update(offsets)
+        for tp, offset in offsets.items():
+            self.position[tp] = 0 if offset == FROM_BEGINNING else offset
 
     def positions(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
         return {tp: self.position[tp] for tp in partitions if tp in self.position}
+
+    def idle(self, seconds: float) -> None:
+        self.idled += seconds
 
     def close(self) -> None:
         pass
@@ -174,11 +185,13 @@ class InMemoryPositions:
         self._version = 0
         self._changed = threading.Condition()
 
-    def publish(self, projection: str, offsets: Mapping[TopicPartition, int]) -> None:
+    def publish(
+        self, projection: str, offsets: Mapping[TopicPartition, int], *, rewound: bool = False
+    ) -> None:
         with self._changed:
             latest = self._latest.setdefault(projection, {})
             for tp, offset in offsets.items():
-                latest[tp] = max(latest.get(tp, -1), offset)
+                latest[tp] = offset if rewound else max(latest.get(tp, -1), offset)
             self._version += 1
             self._changed.notify_all()
 

@@ -7,6 +7,12 @@ Kafka acknowledged that copy, and only then moves its own offset past the
 original. If the dead-letter write fails, ``PublishError`` propagates and the
 original offset is not committed, so the record is read again.
 
+A copy the broker refuses as too large (a value close to
+``message.max.bytes`` plus the added headers) is replaced by a truncated
+copy: no value, the key and original headers only when small, and
+``dlq_truncated`` saying what was left out. Its source coordinates still
+locate the original record in the source topic.
+
 The default dead-letter topic of ``orders`` is ``orders.dlq``.
 """
 
@@ -16,13 +22,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from toolkit.errors import SerializationError
-from toolkit.ports import ConsumedRecord, OutgoingRecord, RecordProducer
+from toolkit.errors import PublishError, SerializationError
+from toolkit.ports import ConsumedRecord, Headers, OutgoingRecord, RecordProducer
 from toolkit.positions import Position
 
 __all__ = ["DeadLetter", "DeadLetterHeader", "DeadLetterQueue", "dead_letter_topic"]
 
 _MAX_ERROR_CHARS = 1000
+# What a truncated copy keeps of the original (bytes).
+_MAX_KEPT_KEY = 1024
+_MAX_KEPT_HEADERS = 16 * 1024
+# librdkafka's names for "the record is larger than the client or broker accepts".
+_TOO_LARGE = frozenset({"MSG_SIZE_TOO_LARGE", "RECORD_LIST_TOO_LARGE", "MESSAGE_TOO_LARGE"})
 
 
 class DeadLetterHeader:
@@ -36,6 +47,8 @@ class DeadLetterHeader:
     SOURCE_TIMESTAMP = "dlq_source_timestamp"
     CONSUMER_GROUP = "dlq_consumer_group"
     FAILED_AT = "dlq_failed_at"
+    TRUNCATED = "dlq_truncated"
+    ORIGINAL_SIZE = "dlq_original_size"
 
 
 def dead_letter_topic(topic: str) -> str:
@@ -102,8 +115,32 @@ class DeadLetterQueue:
             DeadLetterHeader.CONSUMER_GROUP: self._group,
             DeadLetterHeader.FAILED_AT: str(time.time_ns() // 1_000_000),
         }
-        headers = record.headers + tuple((k, v.encode()) for k, v in extra.items())
-        copy = OutgoingRecord(self._topic_for(record.topic), record.key, record.value, headers)
-        (position,) = self._producer.produce([copy])
+        added = tuple((k, v.encode()) for k, v in extra.items())
+        topic = self._topic_for(record.topic)
+        copy = OutgoingRecord(topic, record.key, record.value, record.headers + added)
+        try:
+            (position,) = self._producer.produce([copy])
+        except PublishError as exc:
+            if exc.context.get("code") not in _TOO_LARGE:
+                raise
+            (position,) = self._producer.produce([_truncated(record, topic, added)])
         self.counts[reason] = self.counts.get(reason, 0) + 1
         return position
+
+
+def _truncated(record: ConsumedRecord, topic: str, added: Headers) -> OutgoingRecord:
+    """A copy small enough for any broker: the coordinates locate the original."""
+    left_out = ["value"]
+    key = record.key
+    if key is not None and len(key) > _MAX_KEPT_KEY:
+        key, left_out = None, [*left_out, "key"]
+    headers = record.headers
+    if sum(len(k) + len(v) for k, v in headers) > _MAX_KEPT_HEADERS:
+        headers, left_out = (), [*left_out, "headers"]
+    size = len(record.value or b"") + len(record.key or b"")
+    size += sum(len(k) + len(v) for k, v in record.headers)
+    notes = (
+        (DeadLetterHeader.TRUNCATED, ",".join(left_out).encode()),
+        (DeadLetterHeader.ORIGINAL_SIZE, str(size).encode()),
+    )
+    return OutgoingRecord(topic, key, None, headers + added + notes)

@@ -28,9 +28,10 @@ topic instead of stopping.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NoReturn
 
 from uuid6 import uuid7
 
@@ -148,13 +149,22 @@ def encode_envelope(
 
 
 def decode_record(record: ConsumedRecord, codec: EventCodec) -> ConsumedEvent:
-    """Decode a consumed record into an event; raise SerializationError if it is not one."""
+    """Decode a consumed record into an event; raise SerializationError if it is not one.
+
+    Every envelope header is validated (UTF-8, present once, non-empty ids,
+    a canonical UUID as event id, ASCII decimal integers within 64 bits,
+    bounded lengths), so whatever reaches a handler is a well-formed event.
+    """
+    if record.header_error is not None:
+        raise SerializationError(
+            f"headers unreadable: {record.header_error}", position=str(record.position)
+        )
     # Hot path (once per consumed event): one dict comprehension for the
     # headers, a set comparison for the required ones, no per-header calls.
     try:
         text = {name: value.decode() for name, value in record.headers}
     except (UnicodeDecodeError, AttributeError):
-        text = _header_strings(record)  # names the bad header; None values -> ""
+        text = _header_strings(record)  # names the bad header
     if not text.keys() >= _REQUIRED_SET:
         missing = [name for name in _REQUIRED if name not in text]
         raise SerializationError(
@@ -162,37 +172,65 @@ def decode_record(record: ConsumedRecord, codec: EventCodec) -> ConsumedEvent:
             missing=",".join(missing),
             position=str(record.position),
         )
+    if len(text) != len(record.headers):
+        _check_duplicates(record)
     if record.value is None:
         raise SerializationError("event has no value", position=str(record.position))
+    event_id = text[_EVENT_ID]
+    if _UUID(event_id) is None:
+        _invalid(record, _EVENT_ID, event_id, "is not a UUID")
+    sequence = text[_SEQUENCE]
+    if _DECIMAL(sequence) is None:
+        _invalid(record, _SEQUENCE, sequence, _NOT_AN_INT64)
+    fence = text.get(_FENCE)
+    if fence is not None and _DECIMAL(fence) is None:
+        _invalid(record, _FENCE, fence, _NOT_AN_INT64)
+    hlc = _HLC_FORM(text[_HLC])
+    if hlc is None:
+        _invalid(record, _HLC, text[_HLC], "is not wall_ms:logical:node")
+    for name, limit in _BOUNDED:
+        value = text.get(name)
+        if value is not None and not 0 < len(value) <= limit:
+            _invalid(record, name, value, f"must be 1 to {limit} characters")
     schema_ref = text[_SCHEMA]
     payload = codec.decode(record.value, schema_ref)
-    sequence = text[_SEQUENCE]
-    if not sequence.isdigit():
-        _integer(text, _SEQUENCE, record)  # raises, naming the header
-    fence = text.get(_FENCE)
-    if fence is not None and not fence.isdigit():
-        _integer(text, _FENCE, record)
-    # Cheaper than HLCTimestamp.parse (same checks, same error) on the hot path.
-    wall, sep1, rest = text[_HLC].partition(":")
-    logical, sep2, node = rest.partition(":")
-    if not (sep1 and sep2 and wall.isdigit() and logical.isdigit() and node):
-        HLCTimestamp.parse(text[_HLC])  # raises
+    wall, logical, node = hlc.groups()
     envelope = Envelope(
         text[_EVENT_TYPE],
         text[_AGGREGATE_TYPE],
         text[_AGGREGATE_ID],
         int(sequence),
         payload,
-        text[_EVENT_ID],
+        event_id,
         HLCTimestamp(int(wall), int(logical), node),
         schema_ref,
         None if fence is None else int(fence),
-        text.get(_CORRELATION_ID),
-        text.get(_CAUSATION_ID),
-        text.get(_TRACEPARENT),
-        text.get(_TRACESTATE),
+        text.get(_CORRELATION_ID) or None,
+        text.get(_CAUSATION_ID) or None,
+        text.get(_TRACEPARENT) or None,
+        text.get(_TRACESTATE) or None,
     )
     return ConsumedEvent(envelope, Position(record.topic, record.partition, record.offset), record)
+
+
+# Validation patterns (ASCII only: str.isdigit() also accepts "²" and "١٢").
+# At most 18 digits (< 10**18, fits 64 bits): int() never sees a huge string.
+_DECIMAL = re.compile(r"0|[1-9][0-9]{0,17}", re.ASCII).fullmatch
+_UUID = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}", re.ASCII
+).fullmatch
+_HLC_FORM = re.compile(
+    r"(0|[1-9][0-9]{0,17}):(0|[1-9][0-9]{0,17}):([^:\x00-\x1f]{1,256})", re.ASCII
+).fullmatch
+_NOT_AN_INT64 = "is not a non-negative decimal integer below 10**18"
+# Text headers and their length limits (characters); present ones must be non-empty.
+MAX_ID_CHARS = 1024
+_BOUNDED = (
+    (HeaderName.EVENT_TYPE, 512),
+    (HeaderName.AGGREGATE_TYPE, 256),
+    (HeaderName.AGGREGATE_ID, MAX_ID_CHARS),
+    (HeaderName.SCHEMA, 600),
+)
 
 
 _REQUIRED_SET = frozenset(_REQUIRED)
@@ -208,27 +246,39 @@ _CORRELATION_ID = HeaderName.CORRELATION_ID
 _CAUSATION_ID = HeaderName.CAUSATION_ID
 _TRACEPARENT = HeaderName.TRACEPARENT
 _TRACESTATE = HeaderName.TRACESTATE
+_ENVELOPE_HEADERS = frozenset(v for k, v in vars(HeaderName).items() if k.isupper())
 
 
 def _header_strings(record: ConsumedRecord) -> dict[str, str]:
     text: dict[str, str] = {}
     for name, value in record.headers:
+        if not isinstance(name, str):
+            raise SerializationError("header name is not text", position=str(record.position))
         try:
             text[name] = value.decode() if value is not None else ""
         except UnicodeDecodeError as exc:
             raise SerializationError(
-                "header is not UTF-8", header=name, position=str(record.position)
+                "header is not UTF-8", header=name[:40], position=str(record.position)
             ) from exc
     return text
 
 
-def _integer(text: Mapping[str, str], name: str, record: ConsumedRecord) -> int:
-    value = text[name]
-    if not value.isdigit():
-        raise SerializationError(
-            "header is not a non-negative integer",
-            header=name,
-            value=value[:40],
-            position=str(record.position),
-        )
-    return int(value)
+def _check_duplicates(record: ConsumedRecord) -> None:
+    """An envelope header sent twice with different values is ambiguous: refuse it."""
+    seen: dict[str, bytes] = {}
+    for name, value in record.headers:
+        if name in _ENVELOPE_HEADERS and seen.setdefault(name, value) != value:
+            raise SerializationError(
+                "header sent twice with different values",
+                header=name,
+                position=str(record.position),
+            )
+
+
+def _invalid(record: ConsumedRecord, name: str, value: str, problem: str) -> NoReturn:
+    raise SerializationError(
+        f"header {name} {problem}",
+        header=name,
+        value=value[:40],
+        position=str(record.position),
+    )

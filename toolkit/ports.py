@@ -67,6 +67,9 @@ class ConsumedRecord:
     value: bytes | None
     headers: Headers = ()
     timestamp_ms: int | None = field(default=None, compare=False)
+    # Why the client could not read the record's headers (then ``headers`` is
+    # empty): such a record is dead-lettered, never decoded.
+    header_error: str | None = field(default=None, compare=False)
 
     @property
     def position(self) -> Position:
@@ -206,6 +209,12 @@ class RecordConsumer(Protocol):
         records; partitions without a known position are absent."""
         ...
 
+    def idle(self, seconds: float) -> None:
+        """Serve the group (heartbeats, rebalance callbacks) for ``seconds`` while
+        fetching nothing: what a member does while it waits out an outage.
+        Every partition resumes afterwards at the position it had."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -313,14 +322,20 @@ class SagaStepStore(ReadModelStore, Protocol):
 class PositionNotifier(Protocol):
     """Announces projections' new committed offsets so waiters wake at once."""
 
-    def publish(self, projection: str, offsets: Mapping[TopicPartition, int]) -> None: ...
+    def publish(
+        self, projection: str, offsets: Mapping[TopicPartition, int], *, rewound: bool = False
+    ) -> None:
+        """Announce new committed offsets. ``rewound``: the projection moved back
+        (its read model lost writes); listeners replace, not raise, what they hold."""
+        ...
 
 
 class PositionListener(Protocol):
     """Receives the announcements of :class:`PositionNotifier`, for waiters."""
 
     def latest(self, projection: str) -> dict[TopicPartition, int]:
-        """The highest offsets announced for ``projection`` since listening began."""
+        """The highest offsets announced for ``projection`` since listening (re)began,
+        lowered by rewind announcements."""
         ...
 
     def wait_for_update(self, after_version: int, timeout: float) -> int:

@@ -2,8 +2,9 @@
 
 :class:`EventReader` polls a consumer group, decodes each record into a
 :class:`~toolkit.envelope.ConsumedEvent` and hands back only good events.
-A record that is not a valid event (missing headers, unknown schema, bytes
-that do not decode) is copied to the dead-letter topic with the reason before
+A record that is not a valid event (missing, duplicated or malformed
+headers, headers the client cannot read, unknown schema, bytes that do not
+decode, or anything else decoding raises) is copied to the dead-letter topic with the reason before
 the reader moves on, so one bad record never blocks its partition and none is
 lost. :meth:`EventReader.commit` commits, per partition, the offset after the
 last record returned by :meth:`EventReader.poll` (committed = next offset to
@@ -93,6 +94,8 @@ class EventReader:
                 self._dead_letters.send(record, "unknown_schema", str(exc))
             except SerializationError as exc:
                 self._dead_letters.send(record, "undecodable", str(exc))
+            except Exception as exc:  # whatever a hostile record provokes, it stops nothing
+                self._dead_letters.send(record, "undecodable", f"{type(exc).__name__}: {exc}")
         if self._clock is not None:
             latest = max(
                 (e.envelope.hlc for e in events if e.envelope.hlc is not None),
@@ -113,6 +116,15 @@ class EventReader:
         """Per partition, the offset after the last record polled and not yet committed
         (dead-lettered records included)."""
         return dict(self._pending)
+
+    def idle(self, seconds: float) -> None:
+        """Stay in the group without fetching (while an outage is waited out)."""
+        self._consumer.idle(seconds)
+
+    def rewind(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Read these partitions again from these offsets; forget what was polled of them."""
+        self._consumer.rewind(offsets)
+        self.forget(offsets)
 
     def positions(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
         """The consumer's next offsets, past transaction markers (see RecordConsumer)."""

@@ -17,6 +17,7 @@ topic not created yet) are retried by librdkafka and reported to the
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import cast
 
@@ -158,6 +159,30 @@ class KafkaRecordConsumer:
                     f"seek failed: {exc.args[0].str()}", group=self.group_id, partition=str(tp)
                 ) from exc
 
+    def idle(self, seconds: float) -> None:
+        """Stay in the group for ``seconds`` without consuming (see RecordConsumer.idle)."""
+        deadline = time.monotonic() + seconds
+        try:
+            while True:
+                assigned = self._consumer.assignment()
+                if assigned:
+                    self._consumer.pause(assigned)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                message = self._consumer.poll(min(left, 0.5))
+                if message is not None and message.error() is None:
+                    # Fetched before the pause took effect: read it again later.
+                    topic, partition = message.topic(), message.partition()
+                    offset = message.offset()
+                    if topic is not None and partition is not None and offset is not None:
+                        self._consumer.seek(KafkaTopicPartition(topic, partition, offset))
+            assigned = self._consumer.assignment()
+            if assigned:
+                self._consumer.resume(assigned)
+        except KafkaException as exc:
+            raise ConsumeError(f"idle failed: {exc.args[0]}", group=self.group_id) from exc
+
     def positions(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
         # librdkafka moves the position past transaction markers and aborted
         # records, which no returned record's offset + 1 ever does.
@@ -191,17 +216,7 @@ class KafkaRecordConsumer:
 
 def _to_record(message: Message) -> ConsumedRecord:
     # Hot path, once per record: no generator, no keyword arguments.
-    raw_headers = message.headers()
-    headers: Headers = ()
-    if raw_headers:
-        # A consumed message's headers are (str, bytes | None) pairs: keep them
-        # as they are unless a null value needs replacing.
-        pairs = tuple(raw_headers)
-        for _name, value in pairs:
-            if value is None:
-                pairs = tuple((k, v if v is not None else b"") for k, v in pairs)
-                break
-        headers = cast(Headers, pairs)
+    headers, header_error = _read_headers(message)
     timestamp = message.timestamp()[1]
     topic, partition, offset = message.topic(), message.partition(), message.offset()
     if topic is None or partition is None or offset is None:
@@ -214,4 +229,32 @@ def _to_record(message: Message) -> ConsumedRecord:
         message.value(),
         headers,
         timestamp if timestamp > 0 else None,
+        header_error,
     )
+
+
+def _read_headers(message: Message) -> tuple[Headers, str | None]:
+    """The record's headers, read exactly once; on failure none and the reason.
+
+    confluent-kafka cannot represent a header name that is not UTF-8: the
+    first ``headers()`` call raises ``SystemError`` and a second returns a
+    tuple holding NULL, which crashes the interpreter when touched. So the
+    call is made once, and any failure or odd shape makes the record
+    undecodable (dead-lettered without its headers) instead of a crash.
+    """
+    try:
+        raw_headers = message.headers()
+    except Exception as exc:  # SystemError, UnicodeDecodeError: the client could not decode
+        return (), f"client could not read them ({type(exc).__name__})"
+    if not raw_headers:
+        return (), None
+    pairs = tuple(raw_headers)
+    # A consumed message's headers are (str, bytes | None) pairs: keep them
+    # as they are unless a null value needs replacing.
+    for pair in pairs:
+        if type(pair) is not tuple or len(pair) != 2 or type(pair[0]) is not str:
+            return (), "malformed header pair"
+        if pair[1] is None:
+            pairs = tuple((k, v if v is not None else b"") for k, v in pairs)
+            break
+    return cast(Headers, pairs), None

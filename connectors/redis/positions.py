@@ -10,7 +10,10 @@ woken within a pub/sub round trip of the commit, with no polling.
 Pub/sub is best effort (a disconnected listener misses messages): waiters use
 Kafka's committed offsets as the truth and fall back to them, so a lost
 announcement only delays a waiter, never makes it return early. The listener
-reconnects with bounded back-off.
+reconnects with bounded back-off and forgets what it heard on every
+(re)subscription, since a missed announcement may have been a rewind: a
+projection whose read model lost writes announces its lowered offsets with
+``rewound``, which replaces rather than raises what listeners hold.
 
 ``RedisEventPositionIndex`` maps event ids to positions with a TTL, so callers
 can wait for an event they know only by id.
@@ -37,16 +40,22 @@ log = logging.getLogger(__name__)
 CHANNEL_PREFIX = "kct:positions:"
 
 
-def _encode(offsets: Mapping[TopicPartition, int]) -> str:
-    return json.dumps({f"{tp.topic}:{tp.partition}": o for tp, o in offsets.items()})
+def _encode(offsets: Mapping[TopicPartition, int], rewound: bool = False) -> str:
+    flat = {f"{tp.topic}:{tp.partition}": o for tp, o in offsets.items()}
+    # Offset keys always hold a ':', so the one key "rewound" is unambiguous.
+    return json.dumps({"rewound": flat} if rewound else flat)
 
 
-def _decode(payload: str) -> dict[TopicPartition, int]:
+def _decode(payload: str) -> tuple[dict[TopicPartition, int], bool]:
+    document = dict(json.loads(payload))
+    rewound = set(document) == {"rewound"}
+    if rewound:
+        document = dict(document["rewound"])
     decoded: dict[TopicPartition, int] = {}
-    for field, offset in dict(json.loads(payload)).items():
+    for field, offset in document.items():
         topic, _, partition = str(field).rpartition(":")
         decoded[TopicPartition(topic, int(partition))] = int(offset)
-    return decoded
+    return decoded, rewound
 
 
 class RedisPositionNotifier:
@@ -56,9 +65,11 @@ class RedisPositionNotifier:
         self._settings = settings
         self._redis = client or settings.client()
 
-    def publish(self, projection: str, offsets: Mapping[TopicPartition, int]) -> None:
+    def publish(
+        self, projection: str, offsets: Mapping[TopicPartition, int], *, rewound: bool = False
+    ) -> None:
         try:
-            self._redis.publish(CHANNEL_PREFIX + projection, _encode(offsets))
+            self._redis.publish(CHANNEL_PREFIX + projection, _encode(offsets, rewound))
         except redis.RedisError as exc:
             raise StoreError(
                 f"position announcement failed: {exc}",
@@ -115,12 +126,16 @@ class RedisPositionListener:
                     if message is None:
                         continue
                     if message["type"] == "psubscribe":
+                        # Announcements may have been missed while disconnected (a
+                        # rewind among them): forget what was heard, trust Kafka.
+                        self._forget_all()
                         self._subscribed.set()
                         delay = 0.1
                     elif message["type"] == "pmessage":
                         self._fold(str(message["channel"]), str(message["data"]))
             except (redis.RedisError, OSError, ValueError) as exc:
                 self._subscribed.clear()
+                self._forget_all()
                 log.warning("position listener disconnected (%s); retrying in %.1fs", exc, delay)
                 self._stopping.wait(delay)
                 delay = min(delay * 2, 5.0)
@@ -130,12 +145,18 @@ class RedisPositionListener:
 
     def _fold(self, channel: str, payload: str) -> None:
         projection = channel[len(CHANNEL_PREFIX) :]
-        offsets = _decode(payload)
+        offsets, rewound = _decode(payload)
         with self._changed:
             latest = self._latest.setdefault(projection, {})
             for tp, offset in offsets.items():
-                if offset > latest.get(tp, -1):
+                if rewound or offset > latest.get(tp, -1):
                     latest[tp] = offset
+            self._version += 1
+            self._changed.notify_all()
+
+    def _forget_all(self) -> None:
+        with self._changed:
+            self._latest.clear()
             self._version += 1
             self._changed.notify_all()
 

@@ -83,7 +83,7 @@ def test_missing_headers_are_named(codec: AvroCodec) -> None:
 def test_malformed_sequence_is_rejected(codec: AvroCodec) -> None:
     _, record = encode_envelope("orders", _event(), codec, HLCTimestamp(1, 0, "n"))
     headers = tuple((k, b"-1" if k == "sequence" else v) for k, v in record.headers)
-    with pytest.raises(SerializationError, match="non-negative integer"):
+    with pytest.raises(SerializationError, match="non-negative decimal integer"):
         decode_record(_consumed("orders", record.value, headers), codec)
 
 

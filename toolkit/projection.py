@@ -34,6 +34,7 @@ is retried by the next cycle (the store already has the offsets).
 
 from __future__ import annotations
 
+import base64
 import logging
 import threading
 import time
@@ -49,6 +50,7 @@ from toolkit.hlc import HybridLogicalClock
 from toolkit.ports import (
     FROM_BEGINNING,
     CheckpointedReadModelStore,
+    ConsumedRecord,
     EventCodec,
     PositionNotifier,
     RecordConsumer,
@@ -74,7 +76,9 @@ FENCE_KEY_PREFIX = "__kct.fence/"
 
 RESOLUTIONS_KEY_PREFIX = "__kct.resolutions/"
 # Conflict decisions worth a dead-letter copy of the rejected event.
-DEAD_LETTER_REASONS = frozenset({Reason.REJECTED_CONFLICT, Reason.GAP_DEAD_LETTERED})
+DEAD_LETTER_REASONS = frozenset(
+    {Reason.REJECTED_CONFLICT, Reason.GAP_DEAD_LETTERED, Reason.MERGE_ERROR}
+)
 # Decisions not worth an audit entry: the ordinary case.
 QUIET_REASONS = frozenset({Reason.APPLIED, Reason.NO_POLICY, Reason.RELEASED})
 
@@ -91,25 +95,93 @@ def resolutions_key(aggregate_type: str, aggregate_id: str) -> str:
 
 class PartitionState:
     """The resolver's state for one partition: an aggregate lives in one
-    partition, so its owner alone decides for it, also after a rebalance."""
+    partition, so its owner alone decides for it, also after a rebalance.
 
-    __slots__ = ("_batch", "_prefix")
+    It keeps what it read and what the resolver wrote, and writes the latter
+    to the batch once, in :meth:`flush` (before the batch is stored): the
+    batch's change journal then holds one copy of each resolver document per
+    batch, not one per event (a busy aggregate's dedup window is one long
+    string, rewritten by every event). Documents are handed out as shallow
+    copies: the resolver never changes a nested value in place.
+    """
+
+    __slots__ = ("_batch", "_cache", "_dirty", "_prefix")
 
     def __init__(self, batch: ReadModelBatch, tp: TopicPartition) -> None:
         self._batch = batch
         self._prefix = f"{STATE_PREFIX}{tp.topic}[{tp.partition}]/"
+        self._cache: dict[str, dict[str, Any] | None] = {}
+        self._dirty: set[str] = set()
 
     def _key(self, key: str) -> str:
         return self._prefix + key.removeprefix(STATE_PREFIX)
 
     def get(self, key: str) -> dict[str, Any] | None:
-        return self._batch.get(self._key(key))
+        full = self._key(key)
+        if full in self._cache:
+            found = self._cache[full]
+        else:
+            found = self._cache[full] = self._batch.get(full)
+        return None if found is None else dict(found)
 
     def put(self, key: str, document: Mapping[str, Any]) -> None:
-        self._batch.put(self._key(key), document)
+        full = self._key(key)
+        self._cache[full] = dict(document)
+        self._dirty.add(full)
 
     def delete(self, key: str) -> None:
-        self._batch.delete(self._key(key))
+        full = self._key(key)
+        self._cache[full] = None
+        self._dirty.add(full)
+
+    def flush(self) -> None:
+        """Write what changed to the batch."""
+        for key in self._dirty:
+            document = self._cache[key]
+            if document is None:
+                self._batch.delete(key)
+            else:
+                self._batch.put(key, document)
+        self._dirty.clear()
+
+
+def _bytes_to_text(data: bytes | None) -> str | None:
+    return None if data is None else base64.b64encode(data).decode("ascii")
+
+
+def _text_to_bytes(text: str | None) -> bytes | None:
+    return None if text is None else base64.b64decode(text)
+
+
+def record_source(record: ConsumedRecord) -> dict[str, Any]:
+    """A record as JSON, kept with a buffered event so it can be dead-lettered later."""
+    return {
+        "topic": record.topic,
+        "partition": record.partition,
+        "offset": record.offset,
+        "timestamp_ms": record.timestamp_ms,
+        "key": _bytes_to_text(record.key),
+        "value": _bytes_to_text(record.value),
+        "headers": [[name, _bytes_to_text(value)] for name, value in record.headers],
+    }
+
+
+def record_from_source(source: Mapping[str, Any] | None) -> ConsumedRecord | None:
+    """The record :func:`record_source` described (None: no or an unreadable source)."""
+    if source is None:
+        return None
+    try:
+        return ConsumedRecord(
+            source["topic"],
+            source["partition"],
+            source["offset"],
+            _text_to_bytes(source["key"]),
+            _text_to_bytes(source["value"]),
+            tuple((name, _text_to_bytes(value) or b"") for name, value in source["headers"]),
+            source.get("timestamp_ms"),
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 log = logging.getLogger(__name__)
@@ -182,6 +254,7 @@ class ProjectionRunner:
         resolver: ConflictResolver | None = None,
         audit_entries: int = 50,
         expiry_interval: float = 0.25,
+        idle_expiry: float | None = 5.0,
     ) -> None:
         self.projection = projection
         self.stats = RunnerStats()
@@ -202,6 +275,11 @@ class ProjectionRunner:
         self._audit_entries = audit_entries
         self._expiry_interval = expiry_interval
         self._next_expiry = 0.0
+        # Reorder gaps close in event time as records are read; a partition
+        # that read nothing for idle_expiry seconds (None: never) falls back to
+        # the wall clock. _quiet_since: when each owned partition last read.
+        self._idle_expiry = idle_expiry
+        self._quiet_since: dict[TopicPartition, float] = {}
         self._stopping = threading.Event()
         self._reader.subscribe(projection.topics, self._on_assign, self._on_revoke)
 
@@ -253,8 +331,7 @@ class ProjectionRunner:
         batch = ReadModelBatch(self._store, self.projection.name)
         if polled:
             applied = self._apply(events, batch)
-        if self._resolver is not None and time.monotonic() >= self._next_expiry:
-            self._next_expiry = time.monotonic() + self._expiry_interval
+        if self._resolver is not None:
             applied += self._expire(batch, polled)
         if polled:
             self._store_batch(batch, polled)
@@ -266,6 +343,7 @@ class ProjectionRunner:
         applied = 0
         stored = self._stored
         resolver = self._resolver
+        states: dict[TopicPartition, PartitionState] = {}
         handler_for = self.projection.handler_for
         for event in events:
             position = event.position
@@ -280,8 +358,10 @@ class ProjectionRunner:
             if envelope.fence is not None and not self._admit_fence(event, batch):
                 continue
             if resolver is not None:
-                resolution = resolver.resolve(envelope, PartitionState(batch, tp))
-                applied += self._settle(resolution, event, batch)
+                state = states.get(tp)
+                if state is None:
+                    state = states[tp] = PartitionState(batch, tp)
+                applied += self._resolve(event, state, batch)
                 continue
             # _handle, inlined: this is the per-event hot path.
             handler = handler_for(envelope.event_type)
@@ -294,8 +374,49 @@ class ProjectionRunner:
                 self._handler_failed(exc, envelope, event, batch, mark)
                 continue
             applied += 1
+        for state in states.values():
+            state.flush()
         self.stats.applied += applied
         return applied
+
+    def _resolve(self, event: ConsumedEvent, state: PartitionState, batch: ReadModelBatch) -> int:
+        """Resolve one event in event time, then close the gaps its timestamp made overdue.
+
+        Event time is the partition's highest record timestamp, kept in the
+        resolver state: expiry is a function of the log, so a restart behind a
+        backlog, a replay and a rebuild decide as the first run did.
+        """
+        resolver = self._resolver
+        assert resolver is not None
+        record = event.record
+        now = resolver.observe(state, None if record is None else record.timestamp_ms)
+        source = None if record is None else (lambda: record_source(record))
+        try:
+            resolution = resolver.resolve(event.envelope, state, now, source=source)
+        except Exception as exc:  # e.g. a payload the reorder buffer cannot store
+            self._resolver_failed(exc, event)
+            applied = 0
+        else:
+            applied = self._settle(resolution, event, batch)
+        for expired in resolver.expire(state, now):
+            applied += self._settle(expired, None, batch)
+        return applied
+
+    def _resolver_failed(self, exc: Exception, event: ConsumedEvent) -> None:
+        """Dead-letter an event the resolver could not decide (it stored nothing of it)."""
+        reason = "resolver_error"
+        self.stats.conflicts_rejected[reason] = self.stats.conflicts_rejected.get(reason, 0) + 1
+        if event.record is not None:
+            self._dead_letters.send(
+                event.record, f"conflict_{reason}", f"{type(exc).__name__}: {exc}"
+            )
+        log.warning(
+            "%s: resolver failed on %s %s, dead-lettered: %s",
+            self.projection.name,
+            event.envelope.event_type,
+            event.envelope.event_id,
+            exc,
+        )
 
     def _handle(
         self, envelope: Envelope, event: ConsumedEvent | None, batch: ReadModelBatch
@@ -336,29 +457,46 @@ class ProjectionRunner:
     def _settle(
         self, resolution: Resolution, event: ConsumedEvent | None, batch: ReadModelBatch
     ) -> int:
-        """Apply what the resolver accepted, dead-letter or audit what it rejected."""
+        """Apply what the resolver accepted, dead-letter or audit what it rejected.
+
+        An event released from the reorder buffer is dead-lettered from the
+        record stored with it (its source coordinates and bytes).
+        """
         applied = 0
         for accepted in resolution.accepted:
-            current = event if event is not None and accepted is event.envelope else None
-            applied += self._handle(accepted, current, batch)
+            applied += self._handle(accepted, self._origin(resolution, accepted, event), batch)
         for rejected, reason in resolution.rejected:
             self.stats.conflicts_rejected[reason] = self.stats.conflicts_rejected.get(reason, 0) + 1
-            record = event.record if event is not None and rejected is event.envelope else None
-            if reason in DEAD_LETTER_REASONS:
-                if record is not None:
-                    self._dead_letters.send(record, f"conflict_{reason}", resolution.reason)
-                else:  # released from a reorder buffer of an earlier batch
-                    log.warning(
-                        "%s: %s of %s/%s rejected (%s); kept in the audit trail only",
-                        self.projection.name,
-                        rejected.event_id,
-                        rejected.aggregate_type,
-                        rejected.aggregate_id,
-                        reason,
-                    )
+            if reason not in DEAD_LETTER_REASONS:
+                continue
+            origin = self._origin(resolution, rejected, event)
+            error = resolution.error_of(rejected) or resolution.reason
+            if origin is not None and origin.record is not None:
+                self._dead_letters.send(origin.record, f"conflict_{reason}", error)
+            else:  # buffered without its record (by an older version): nothing to copy
+                log.warning(
+                    "%s: %s of %s/%s rejected (%s) without its record; in the audit trail only",
+                    self.projection.name,
+                    rejected.event_id,
+                    rejected.aggregate_type,
+                    rejected.aggregate_id,
+                    reason,
+                )
         if resolution.reason not in QUIET_REASONS or resolution.rejected:
             self._audit(resolution, batch)
         return applied
+
+    @staticmethod
+    def _origin(
+        resolution: Resolution, decided: Envelope, event: ConsumedEvent | None
+    ) -> ConsumedEvent | None:
+        """The consumed event ``decided`` came from: the trigger or a buffered record."""
+        if event is not None and (
+            decided is event.envelope or decided.event_id == event.envelope.event_id
+        ):
+            return event
+        record = record_from_source(resolution.source_of(decided))
+        return None if record is None else ConsumedEvent(decided, record.position, record)
 
     def _audit(self, resolution: Resolution, batch: ReadModelBatch) -> None:
         aggregate_type, aggregate_id = resolution.aggregate
@@ -368,16 +506,36 @@ class ProjectionRunner:
         batch.put(key, {"entries": entries})
 
     def _expire(self, batch: ReadModelBatch, offsets: dict[TopicPartition, int]) -> int:
-        """Release reorder buffers whose wait is over, partition by partition."""
-        assert self._resolver is not None
+        """Close overdue gaps of idle partitions by the wall clock.
+
+        Gaps close in event time while records are read (:meth:`_resolve`).
+        A partition that read nothing in this process for ``idle_expiry``
+        seconds (not one catching up on a backlog, whose records keep coming)
+        takes the wall clock as its event time. That one decision is not in
+        the log: a rebuild that reads the gap's event later fills the gap.
+        """
+        resolver = self._resolver
+        assert resolver is not None
+        now = time.monotonic()
+        quiet = self._quiet_since
+        for tp in [tp for tp in quiet if tp not in self._stored]:
+            del quiet[tp]
+        for tp in offsets:
+            quiet[tp] = now
+        if self._idle_expiry is None or now < self._next_expiry:
+            return 0
+        self._next_expiry = now + self._expiry_interval
+        wall_ms = time.time_ns() // 1_000_000
         applied = 0
         for tp, stored in self._stored.items():
-            if stored is None and tp not in offsets:
-                continue  # nothing of this partition stored yet: nothing buffered either
-            resolutions = self._resolver.expire(PartitionState(batch, tp))
+            if stored is None or now - quiet.setdefault(tp, now) < self._idle_expiry:
+                continue  # nothing stored (so nothing buffered), or not idle
+            state = PartitionState(batch, tp)
+            resolutions = resolver.expire(state, max(resolver.event_time(state), wall_ms))
             for resolution in resolutions:
                 applied += self._settle(resolution, None, batch)
-            if resolutions and tp not in offsets and stored is not None:
+            state.flush()
+            if resolutions and tp not in offsets:
                 offsets[tp] = stored  # same offsets: the store step still checks ownership
         self.stats.applied += applied
         return applied

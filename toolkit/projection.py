@@ -25,11 +25,24 @@ highest fence applied per aggregate in the read model and rejects an event
 whose fence is older (a lock holder that lost its lock and wrote anyway):
 counted in ``stats.fence_rejected`` and dead-lettered as ``stale_fence``.
 
+The read model's stored offsets are the truth, watched while running: every
+``store_check_interval`` (0.5 s), idle or busy, the runner compares them with
+what it last stored. Stored offsets that moved back (the model was reset or
+wiped, or Redis came back with fewer writes than it acknowledged: an older
+AOF after a host crash, a failover to a lagging replica) make it seek back
+to them, move the group's committed offsets back to match, announce the
+rewind to waiters and replay. Stored offsets that moved ahead (another member
+wrote them) are adopted the same way. A conditional store step that finds
+the offsets changed does the same instead of giving the partition up.
+
 Failure modes: a handler that raises on an event dead-letters that event
 (reason ``handler_error``) with nothing of it applied, and the runner moves
-on. A store that keeps failing raises ``ProjectionError`` after bounded
-retries, without committing anything it did not store. A failed Kafka commit
-is retried by the next cycle (the store already has the offsets).
+on. Any backend failure in a cycle (the store, Kafka, the dead-letter topic)
+does not end :meth:`ProjectionRunner.run`: nothing of the cycle is committed,
+the partitions are rewound to the stored offsets, the runner reports itself
+unhealthy (:attr:`ProjectionRunner.health`) and waits with capped back-off,
+staying in its group, then tries again and heals by itself. A failed Kafka
+commit is retried by the next cycle (the store already has the offsets).
 """
 
 from __future__ import annotations
@@ -45,7 +58,7 @@ from typing import Any
 from toolkit.conflicts import STATE_PREFIX, ConflictResolver, Reason, Resolution
 from toolkit.dead_letter import DeadLetterQueue
 from toolkit.envelope import ConsumedEvent, Envelope
-from toolkit.errors import ConnectorError, ProjectionError
+from toolkit.errors import ConnectorError
 from toolkit.hlc import HybridLogicalClock
 from toolkit.ports import (
     FROM_BEGINNING,
@@ -58,6 +71,7 @@ from toolkit.ports import (
 from toolkit.positions import TopicPartition
 from toolkit.read_model import ReadModelBatch
 from toolkit.reader import EventReader
+from toolkit.supervision import Backoff, Health, LoopHealth
 
 __all__ = [
     "FENCE_KEY_PREFIX",
@@ -186,6 +200,9 @@ def record_from_source(source: Mapping[str, Any] | None) -> ConsumedRecord | Non
 
 log = logging.getLogger(__name__)
 
+# A believed stored offset that is not known (never a real offset).
+_UNKNOWN = -1
+
 Handler = Callable[[Envelope, ReadModelBatch], None]
 
 
@@ -231,6 +248,10 @@ class RunnerStats:
     batches: int = 0
     ownership_lost: int = 0
     commit_failures: int = 0
+    # Partitions whose stored offsets moved back under the runner (lost writes, a reset).
+    store_rewinds: int = 0
+    # Cycles that failed on a backend and were retried.
+    failed_cycles: int = 0
     owned: set[TopicPartition] = field(default_factory=set)
 
 
@@ -249,7 +270,8 @@ class ProjectionRunner:
         clock: HybridLogicalClock | None = None,
         max_batch: int = 500,
         poll_timeout: float = 0.1,
-        store_retries: int = 5,
+        store_check_interval: float = 0.5,
+        max_backoff: float = 5.0,
         after_store: Callable[[Mapping[TopicPartition, int]], None] | None = None,
         resolver: ConflictResolver | None = None,
         audit_entries: int = 50,
@@ -264,7 +286,16 @@ class ProjectionRunner:
         self._notifier = notifier
         self._max_batch = max_batch
         self._poll_timeout = poll_timeout
-        self._store_retries = store_retries
+        self._store_check_interval = store_check_interval
+        self._next_store_check = 0.0
+        self._backoff = Backoff(0.05, max_backoff)
+        self._health = LoopHealth()
+        # Owned partitions not to apply until the store tells where they stand
+        # (assigned during an outage, or after a failed cycle), with the offset
+        # last believed stored (None: nothing; _UNKNOWN: not known).
+        self._unsynced: dict[TopicPartition, int | None] = {}
+        # Partitions whose next announcement replaces what waiters heard (moved back).
+        self._rewound: set[TopicPartition] = set()
         # Test and metrics hook: runs after the store step, before the Kafka commit.
         self._after_store = after_store
         # Per owned partition: the next offset the store says is applied (None: nothing yet).
@@ -285,15 +316,30 @@ class ProjectionRunner:
 
     # -- group membership -------------------------------------------------
     def _on_assign(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
-        stored = self._store.applied_offsets(self.projection.name, partitions)
+        # Runs inside the consumer's poll: it must not raise.
+        try:
+            stored = self._store.applied_offsets(self.projection.name, partitions)
+        except ConnectorError as exc:
+            log.warning(
+                "%s: assigned %s but the store cannot say where they stand (%s); "
+                "applying nothing of them until it can",
+                self.projection.name,
+                partitions,
+                exc,
+            )
+            for tp in partitions:
+                self._unsynced[tp] = _UNKNOWN
+            self._owned_changed()
+            return {}
         starts: dict[TopicPartition, int] = {}
         for tp in partitions:
             self._stored[tp] = stored.get(tp)
+            self._unsynced.pop(tp, None)
             starts[tp] = stored.get(tp, FROM_BEGINNING)
             if tp in stored:
                 # The store may be ahead of Kafka (crash between apply and commit).
                 self._uncommitted[tp] = stored[tp]
-        self.stats.owned = set(self._stored)
+        self._owned_changed()
         log.info("%s: assigned %s, starting at %s", self.projection.name, partitions, starts)
         return starts
 
@@ -306,21 +352,125 @@ class ProjectionRunner:
     def _drop(self, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
             self._stored.pop(tp, None)
+            self._unsynced.pop(tp, None)
             self._uncommitted.pop(tp, None)
+            self._rewound.discard(tp)
         self._reader.forget(partitions)
-        self.stats.owned = set(self._stored)
+        self._owned_changed()
+
+    def _owned_changed(self) -> None:
+        self.stats.owned = set(self._stored) | set(self._unsynced)
 
     # -- the loop ---------------------------------------------------------
+    @property
+    def health(self) -> Health:
+        """Whether the last cycles succeeded, and if not, why (for readiness probes)."""
+        return self._health.current
+
     def run(self, stop: threading.Event | None = None) -> None:
-        """Run cycles until :meth:`stop` (or ``stop`` is set)."""
+        """Run cycles until :meth:`stop` (or ``stop`` is set); backend failures are
+        waited out (see the module docstring), never raised."""
         while not self._stopping.is_set() and not (stop is not None and stop.is_set()):
-            self.run_once()
+            try:
+                self.run_once()
+            except ConnectorError as exc:
+                self._recover(exc, stop)
+            else:
+                if self._health.recovered():
+                    log.info("%s: healthy again", self.projection.name)
+                    self._backoff.reset()
 
     def stop(self) -> None:
         self._stopping.set()
 
+    def _recover(self, exc: ConnectorError, stop: threading.Event | None) -> None:
+        """After a failed cycle: apply nothing until the store says where each
+        partition stands, and wait (in the group, fetching nothing)."""
+        self.stats.failed_cycles += 1
+        self._health.failed(f"{type(exc).__name__}: {exc}")
+        wait = self._backoff.next()
+        log.warning(
+            "%s: cycle failed, nothing of it committed; retrying in %.2fs: %s",
+            self.projection.name,
+            wait,
+            exc,
+        )
+        for tp, offset in self._stored.items():
+            self._unsynced[tp] = offset
+        self._stored.clear()
+        self._reader.forget(list(self._reader.pending_offsets))
+        self._next_store_check = 0.0
+        deadline = time.monotonic() + wait
+        while not self._stopping.is_set() and not (stop is not None and stop.is_set()):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                self._reader.idle(min(left, 0.5))
+            except ConnectorError:
+                time.sleep(min(left, 0.5))
+
+    def _watch_store(self) -> None:
+        """Follow the store's offsets: resync what was unknown or moved under us."""
+        if self._unsynced:
+            self._resync(dict(self._unsynced))
+        now = time.monotonic()
+        if now < self._next_store_check or not self._stored:
+            return
+        self._next_store_check = now + self._store_check_interval
+        stored = self._store.applied_offsets(self.projection.name, list(self._stored))
+        moved = {tp: mine for tp, mine in self._stored.items() if stored.get(tp) != mine}
+        if moved:
+            self._resync(moved, stored)
+
+    def _resync(
+        self,
+        believed: Mapping[TopicPartition, int | None],
+        stored: Mapping[TopicPartition, int] | None = None,
+    ) -> None:
+        """Continue each partition from the offset its read model holds: seek there,
+        move the group's committed offset there and announce it as a rewind."""
+        partitions = list(believed)
+        if stored is None:
+            stored = self._store.applied_offsets(self.projection.name, partitions)
+        self._reader.rewind({tp: stored.get(tp, FROM_BEGINNING) for tp in partitions})
+        for tp in partitions:
+            offset = stored.get(tp)
+            previous = believed[tp]
+            if previous == _UNKNOWN:
+                pass
+            elif previous is not None and (offset is None or offset < previous):
+                self.stats.store_rewinds += 1
+                log.warning(
+                    "%s: read model of %s holds offset %s but %s was stored: it lost "
+                    "writes (reset, or restored from an older copy); replaying from there",
+                    self.projection.name,
+                    tp,
+                    offset,
+                    previous,
+                )
+            elif offset is not None and (previous is None or offset > previous):
+                self.stats.ownership_lost += 1
+                log.warning(
+                    "%s: another member stored %s up to %s; following",
+                    self.projection.name,
+                    tp,
+                    offset,
+                )
+            self._unsynced.pop(tp, None)
+            self._stored[tp] = offset
+            # Kafka's committed offset (what waiters trust) follows the store,
+            # also backwards: 0 when the model holds nothing of the partition.
+            self._uncommitted[tp] = 0 if offset is None else offset
+            self._rewound.add(tp)
+        self._owned_changed()
+
     def run_once(self) -> int:
-        """One poll-apply-store-commit cycle; returns how many events were applied."""
+        """One poll-apply-store-commit cycle; returns how many events were applied.
+
+        Raises ConnectorError when a backend fails (:meth:`run` waits it out).
+        """
+        self._watch_store()
         events = self._reader.poll(self._max_batch, self._poll_timeout)
         polled = {
             tp: offset
@@ -576,29 +726,21 @@ class ProjectionRunner:
         return False
 
     def _store_batch(self, batch: ReadModelBatch, offsets: Mapping[TopicPartition, int]) -> None:
+        """The batch's changes and offsets in one conditional store step (raises
+        ConnectorError on failure: the cycle is then retried from the store)."""
         expected = {tp: self._stored.get(tp) for tp in offsets}
-        delay = 0.05
-        for attempt in range(1, self._store_retries + 1):
-            try:
-                ok = self._store.apply(self.projection.name, batch.net_changes(), expected, offsets)
-                break
-            except ConnectorError as exc:
-                if attempt == self._store_retries:
-                    raise ProjectionError(
-                        "read-model store keeps failing; nothing of the batch was committed",
-                        projection=self.projection.name,
-                        attempts=attempt,
-                    ) from exc
-                log.warning("%s: store failed (%s), retrying", self.projection.name, exc)
-                time.sleep(delay)
-                delay = min(delay * 2, 2.0)
+        ok = self._store.apply(self.projection.name, batch.net_changes(), expected, offsets)
         self.stats.batches += 1
         if not ok:
-            # Someone else stored these partitions since we were assigned them:
-            # we are a zombie for them. Drop them; the group will sort it out.
-            self.stats.ownership_lost += 1
-            log.warning("%s: lost %s to another runner", self.projection.name, list(offsets))
-            self._drop(list(offsets))
+            # The stored offsets are not the ones this runner last saw: another
+            # member wrote them, or the model lost writes or was reset. Nothing
+            # of the batch was written; continue from what the store holds.
+            log.warning(
+                "%s: stored offsets of %s changed under this runner; batch discarded",
+                self.projection.name,
+                list(offsets),
+            )
+            self._resync(expected)
             return
         self._stored.update(offsets)
         self._uncommitted.update(offsets)
@@ -618,11 +760,18 @@ class ProjectionRunner:
         for tp, offset in owned.items():
             if self._uncommitted.get(tp) == offset:
                 del self._uncommitted[tp]
-        if self._notifier is not None:
-            try:
-                self._notifier.publish(self.projection.name, owned)
-            except ConnectorError as exc:  # waiters fall back to Kafka's offsets
-                log.warning("%s: position notification failed: %s", self.projection.name, exc)
+        if self._notifier is None:
+            return
+        rewound = {tp: o for tp, o in owned.items() if tp in self._rewound}
+        try:
+            if rewound:
+                self._notifier.publish(self.projection.name, rewound, rewound=True)
+                self._rewound.difference_update(rewound)
+            if len(rewound) < len(owned):
+                moved = {tp: o for tp, o in owned.items() if tp not in rewound}
+                self._notifier.publish(self.projection.name, moved)
+        except ConnectorError as exc:  # waiters fall back to Kafka's offsets
+            log.warning("%s: position notification failed: %s", self.projection.name, exc)
 
     def close(self) -> None:
         """Commit what is stored, then leave the group."""

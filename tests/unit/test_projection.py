@@ -147,19 +147,38 @@ def test_poison_record_only_advances_offsets() -> None:
     assert len(world.log.topics["orders.dlq"]) == 1
 
 
-def test_zombie_runner_cannot_overwrite_the_new_owner() -> None:
+def test_a_runner_whose_stored_offsets_moved_ahead_follows_them_and_applies_once() -> None:
     world = World()
     world.publish(placed_event("o1", "c1", 1))
     zombie = world.runner()  # assigned the partition at subscribe time
     owner = world.runner()
     owner.run_once()
     world.publish(placed_event("o2", "c1", 1))
-    zombie.run_once()  # still believes nothing was stored: its write is refused
+    zombie.run_once()  # sees the store ahead of what it believed: follows it, never re-applies o1
     assert zombie.stats.ownership_lost == 1
-    assert zombie.stats.owned == set()
-    assert world.store.counters("stats", "totals") == {"events": 1}
-    owner.run_once()
     assert world.store.counters("stats", "totals") == {"events": 2}
+    owner.run_once()  # its conditional write is refused; it follows the store in turn
+    owner.run_once()
+    assert owner.stats.ownership_lost == 1
+    assert world.store.counters("stats", "totals") == {"events": 2}
+    assert world.store.applied_offsets("stats", [TP]) == {TP: 2}
+
+
+def test_a_conditional_write_refused_discards_the_batch_and_resyncs() -> None:
+    world = World()
+    world.publish(placed_event("o1", "c1", 1))
+    runner = world.runner(store_check_interval=3600.0)
+    runner.run_once()
+    world.publish(placed_event("o2", "c1", 1))
+    # Another member stores past o2 behind this runner's back.
+    world.store.apply("stats", [], {TP: 1}, {TP: 2})
+    runner.run_once()  # its write of o2 is refused: nothing applied twice
+    assert runner.stats.ownership_lost == 1
+    assert world.store.counters("stats", "totals") == {"events": 1}
+    world.publish(placed_event("o3", "c1", 1))
+    runner.run_once()
+    assert world.store.counters("stats", "totals") == {"events": 2}
+    assert world.store.applied_offsets("stats", [TP]) == {TP: 3}
 
 
 def _all_events(world: World) -> list:  # type: ignore[type-arg]

@@ -21,9 +21,16 @@ Error classes, as librdkafka defines them, each handled here:
   broker finish or abort the old transaction before any new one can start:
   a late commit marker can never commit a later transaction) and
   ``PublishError(outcome="unknown")`` is raised;
-* fenced (a newer producer took the same ``transactional.id``): this
-  instance is a zombie; it closes itself and raises ``PublishError``, and
-  never re-initialises (that would fence the newer one in turn);
+* fenced, after a transaction that stayed open past ``transaction.timeout.ms``
+  (a GC or VM pause, SIGSTOP): the broker aborted it and bumped the epoch,
+  which Kafka 4 reports exactly like fencing although no other producer
+  exists. That operation fails with ``TransactionAborted``
+  (``cause="transaction_timeout"``), the producer is re-created and the next
+  transaction works;
+* fenced while the transaction was younger than its timeout: a newer
+  producer took the same ``transactional.id``. This instance is a zombie; it
+  closes itself and raises ``PublishError`` (``cause="fenced"``), and never
+  re-initialises (that would fence the newer one in turn);
 * any other fatal error: the producer is re-created and ``PublishError``
   raised.
 
@@ -60,6 +67,14 @@ _FENCED = frozenset(
 )
 
 
+def _boot_clock() -> float:
+    """Seconds on a clock that keeps counting while the process or VM is paused."""
+    return time.clock_gettime(_CLOCK)
+
+
+_CLOCK = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
+
+
 def _kafka_error(exc: KafkaException) -> KafkaError:
     error = exc.args[0]
     if isinstance(error, KafkaError):
@@ -93,6 +108,9 @@ class KafkaTransactionalProducer:
             }
         )
         self._timeout = operation_timeout
+        self._transaction_timeout_ms = transaction_timeout_ms
+        # When the open transaction began (boot-time clock: counts a suspended VM too).
+        self._began_at: float | None = None
         self._commit_attempts = commit_attempts
         # One transaction at a time: held from begin() until commit or abort.
         self._turn = threading.Lock()
@@ -151,7 +169,49 @@ class KafkaTransactionalProducer:
         except BaseException:
             self._turn.release()
             raise
+        self._began_at = _boot_clock()
         return KafkaTransaction(self)
+
+    def _outlived_timeout(self) -> float | None:
+        """Seconds the open transaction has lasted, if past transaction.timeout.ms."""
+        if self._began_at is None:
+            return None
+        elapsed = _boot_clock() - self._began_at
+        return elapsed if elapsed * 1000 >= self._transaction_timeout_ms else None
+
+    def _fenced(self, what: str, error: KafkaError) -> PublishError:
+        """A fencing error: the broker's abort of an overdue transaction (re-create
+        the producer, fail this operation) or a newer producer (close for good)."""
+        elapsed = self._outlived_timeout()
+        if elapsed is not None:
+            log.warning(
+                "transaction of %s was open %.1fs, past its %d ms timeout: the broker "
+                "aborted it; re-creating the producer",
+                self.transactional_id,
+                elapsed,
+                self._transaction_timeout_ms,
+            )
+            self.reinitialise()
+            return TransactionAborted(
+                f"{what} failed: the transaction stayed open {elapsed:.1f}s, past "
+                f"transaction.timeout.ms ({self._transaction_timeout_ms} ms; a pause?), "
+                "and the broker aborted it; nothing of it is visible and the producer "
+                "was re-created, so the operation can be retried",
+                transactional_id=self.transactional_id,
+                code=error.name(),
+                cause="transaction_timeout",
+            )
+        # Another producer owns our transactional.id now: re-initialising
+        # would fence it in turn. This instance is a zombie: stop.
+        self._closed.set()
+        return PublishError(
+            f"{what} failed: fenced by a newer producer with the same "
+            "transactional.id (two processes share a node id?); this producer "
+            "is closed",
+            transactional_id=self.transactional_id,
+            code=error.name(),
+            cause="fenced",
+        )
 
     def _call(self, what: str, call: Callable[[], _T]) -> _T:
         """Run a transactional call, translating its error classes."""
@@ -160,16 +220,7 @@ class KafkaTransactionalProducer:
         except KafkaException as exc:
             error = _kafka_error(exc)
             if error.code() in _FENCED:
-                # Another producer owns our transactional.id now: re-initialising
-                # would fence it in turn. This instance is a zombie: stop.
-                self._closed.set()
-                raise PublishError(
-                    f"{what} failed: fenced by a newer producer with the same "
-                    "transactional.id (two processes share a node id?); this producer "
-                    "is closed",
-                    transactional_id=self.transactional_id,
-                    code=error.name(),
-                ) from exc
+                raise self._fenced(what, error) from exc
             if error.fatal():
                 self.reinitialise()
                 raise PublishError(
@@ -180,6 +231,7 @@ class KafkaTransactionalProducer:
             raise
 
     def _end(self) -> None:
+        self._began_at = None
         self._turn.release()
 
     def close(self, timeout: float = 10.0) -> None:
@@ -242,6 +294,8 @@ class KafkaTransaction:
             self._fail("records not acknowledged in time", records[0].topic if records else None)
         if batch.errors:
             index, error = batch.errors[0]
+            if error.code() in _FENCED:
+                self._fail_fenced(error)
             self._fail(f"Kafka rejected the record: {error.str()}", records[index].topic)
         return [p for p in batch.positions if p is not None]
 
@@ -259,6 +313,14 @@ class KafkaTransaction:
             )
         except KafkaException as exc:
             self._fail(f"offsets not added: {_kafka_error(exc).str()}", None)
+
+    def _fail_fenced(self, error: KafkaError) -> None:
+        """A record refused as fenced: decide what it means, end the transaction, raise."""
+        if self._done:
+            raise PublishError("transaction already ended")
+        verdict = self._owner._fenced("produce", error)
+        self._finish()  # the broker or the new epoch already aborted it
+        raise verdict
 
     def _fail(self, reason: str, topic: str | None) -> None:
         """Abort and raise: nothing of this transaction becomes visible."""
@@ -330,7 +392,8 @@ class KafkaTransaction:
             except KafkaException as exc:
                 error = _kafka_error(exc)
                 if error.code() in _FENCED:
-                    owner._closed.set()  # a zombie: the newer owner's epoch aborted it
+                    # Aborted already (by the broker's timeout or the newer owner's epoch).
+                    owner._fenced("abort_transaction", error)
                     return
                 if error.retriable() and attempt < owner._commit_attempts:
                     continue

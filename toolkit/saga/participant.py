@@ -30,7 +30,11 @@ compensation of earlier steps continues.
 Failure modes: a command that is not valid for this participant (unknown
 saga type or step, another participant's step) is dead-lettered
 (``invalid_command``); a Kafka transaction that fails is aborted and the
-poll's commands are read again (their outcomes are already recorded).
+poll's commands are read again (their outcomes are already recorded). Any
+backend failure (Redis down, Kafka unreachable, a transaction aborted after a
+pause) never ends :meth:`SagaParticipant.run`: the poll is rewound, the
+participant reports itself unhealthy (:attr:`SagaParticipant.health`) and
+waits with capped back-off, staying in its group, then heals by itself.
 """
 
 from __future__ import annotations
@@ -68,6 +72,7 @@ from toolkit.saga.messages import (
     SagaCompensationFailed,
     SagaReply,
 )
+from toolkit.supervision import Backoff, Health, LoopHealth
 
 __all__ = [
     "Output",
@@ -144,6 +149,7 @@ class SagaParticipant:
         poll_timeout: float = 0.1,
         sleep: Callable[[float], None] = time.sleep,
         namespace: str = "",
+        max_backoff: float = 5.0,
     ) -> None:
         self.name = name
         # The participant's read model (and dedup records) in the store.
@@ -168,6 +174,8 @@ class SagaParticipant:
         self._owned: set[TopicPartition] = set()
         self._committed: dict[TopicPartition, int] = {}
         self._stopping = threading.Event()
+        self._outage_backoff = Backoff(backoff, max(backoff, max_backoff))
+        self._health = LoopHealth()
         self.stats: dict[str, int] = defaultdict(int)
         topics = sorted({d.command_topic(name) for d in self._definitions.values()})
         self._reader.subscribe(topics, self._assigned, self._revoked)
@@ -200,9 +208,18 @@ class SagaParticipant:
             self._committed.pop(tp, None)
 
     # -- the loop ---------------------------------------------------------
+    @property
+    def health(self) -> Health:
+        """Whether the last polls succeeded, and if not, why (for readiness probes)."""
+        return self._health.current
+
     def run(self, stop: threading.Event | None = None) -> None:
+        """Poll until stopped; backend failures are waited out, never raised."""
         while not self._stopping.is_set() and not (stop is not None and stop.is_set()):
-            self.run_once()
+            try:
+                self.run_once()
+            except ConnectorError as exc:  # the poll itself failed (Kafka unreachable)
+                self._failed(exc)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -220,14 +237,26 @@ class SagaParticipant:
             self._publish(outputs, offsets)
         except ConnectorError as exc:
             self.stats["rewinds"] += 1
-            log.warning("%s: poll not committed (%s); reading it again", self.name, exc)
             self._rewind(events)
-            self._sleep(self._backoff)
+            self._failed(exc)
             return 0
+        if self._health.recovered():
+            log.info("%s: healthy again", self.name)
+            self._outage_backoff.reset()
         self._reader.forget(list(offsets))
         self._committed.update(offsets)
         self.stats["commands"] += len(events)
         return len(events)
+
+    def _failed(self, exc: ConnectorError) -> None:
+        """Report, then wait with capped back-off in the group, fetching nothing."""
+        self._health.failed(f"{type(exc).__name__}: {exc}")
+        wait = self._outage_backoff.next()
+        log.warning("%s: poll not committed, reading it again in %.2fs: %s", self.name, wait, exc)
+        try:
+            self._reader.idle(wait)
+        except ConnectorError:
+            self._sleep(wait)
 
     def _offsets(self) -> dict[TopicPartition, int]:
         """Offsets to commit: past what this poll read, and past transaction markers."""

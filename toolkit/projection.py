@@ -678,8 +678,10 @@ class ProjectionRunner:
         wall_ms = time.time_ns() // 1_000_000
         applied = 0
         for tp, stored in self._stored.items():
-            if stored is None or now - quiet.setdefault(tp, now) < self._idle_expiry:
-                continue  # nothing stored (so nothing buffered), or not idle
+            if stored is None or tp in offsets:
+                continue  # nothing stored (so nothing buffered), or records read now
+            if now - quiet.setdefault(tp, now) < self._idle_expiry:
+                continue  # not idle long enough
             state = PartitionState(batch, tp)
             resolutions = resolver.expire(state, max(resolver.event_time(state), wall_ms))
             for resolution in resolutions:

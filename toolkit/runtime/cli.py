@@ -1,16 +1,41 @@
-"""The ``kct`` command line."""
+"""The ``kct`` command line.
+
+No user input makes ``kct`` print a Python traceback or a secret: :func:`main`
+turns a :class:`~toolkit.errors.ToolkitError` (configuration, connection,
+consistency, stack) and an ``OSError`` into one ``error: ...`` line on stderr
+and exit code 1, invalid options into click's usage error and exit code 2, and
+anything unexpected into ``error: unexpected <type>: ...`` and exit code 1
+(``-v`` adds the traceback for a bug report). Every ``error:`` line has URL
+credentials and ``password=...``-like values masked.
+"""
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
+from collections.abc import Sequence
 
 import click
 
 from toolkit.errors import ToolkitError
-from toolkit.runtime.config_cli import config
+from toolkit.runtime.config_cli import check_environment, config
 from toolkit.runtime.saga_cli import saga
 from toolkit.runtime.stack_cli import stack
+
+log = logging.getLogger("toolkit.runtime.cli")
+# A URL's user:password@, and key=value pairs whose key names a secret
+# (connection strings, sasl.oauthbearer.config). Field paths ("password: ...")
+# are not values and stay.
+_URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]*@")
+_SECRET_PAIR = re.compile(
+    r"(?i)((?:password|passwd|secret|token|credentials?)\w*=['\"]?)[^\s,;&)'\"]+"
+)
+
+
+def redact(text: str) -> str:
+    """``text`` with URL credentials and secret-looking ``key=value`` values as ``***``."""
+    return _SECRET_PAIR.sub(r"\1***", _URL_CREDENTIALS.sub(r"\1***@", text))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -24,12 +49,18 @@ def cli(verbose: bool) -> None:
 
 
 @cli.command()
-@click.option("--events", default=6, show_default=True, help="How many order events to publish.")
+@click.option(
+    "--events",
+    default=6,
+    show_default=True,
+    type=click.IntRange(1, 100_000),
+    help="How many order events to publish.",
+)
 @click.option(
     "--orders",
     default=20,
     show_default=True,
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, 10_000),
     help="How many order fulfillment sagas to run (about 25 % with a declined card).",
 )
 @click.option(
@@ -39,6 +70,8 @@ def cli(verbose: bool) -> None:
 )
 def demo(events: int, orders: int, use_running_kafka: bool) -> None:
     """Run the demo on the local stack (starting it if needed)."""
+    if use_running_kafka:  # connections come from KCT_*: refuse malformed ones up front
+        check_environment()
     from toolkit.runtime.demo import run_demo
 
     run_demo(events=events, orders=orders, start_stack=not use_running_kafka)
@@ -49,11 +82,16 @@ cli.add_command(config)
 cli.add_command(saga)
 
 
-def main() -> None:
-    """Console entry point: toolkit errors become a one-line message and exit 1."""
+def _fail(message: str, code: int = 1) -> None:
+    click.secho(f"error: {redact(message)}", fg="red", err=True)
+    sys.exit(code)
+
+
+def main(args: Sequence[str] | None = None) -> None:
+    """Console entry point (``args`` default to ``sys.argv[1:]``); never a traceback."""
     try:
-        cli(standalone_mode=False)
-    except click.exceptions.Abort:
+        cli(args=args, standalone_mode=False)
+    except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("aborted", err=True)
         sys.exit(130)
     except click.exceptions.Exit as exc:
@@ -62,8 +100,19 @@ def main() -> None:
         exc.show()
         sys.exit(exc.exit_code)
     except ToolkitError as exc:
-        click.secho(f"error: {exc}", fg="red", err=True)
+        _fail(str(exc))
+    except BrokenPipeError:  # `kct ... | head`: the reader left; say nothing more
+        sys.stderr.close()
         sys.exit(1)
+    except RecursionError:
+        _fail("input nested too deeply")
+    except OSError as exc:
+        where = f": {exc.filename}" if exc.filename else ""
+        _fail(f"{exc.strerror or type(exc).__name__}{where}")
+    except Exception as exc:  # a bug, not bad input: still no traceback unless -v
+        log.debug("unexpected error", exc_info=True)
+        first = (str(exc).splitlines() or [""])[0][:300]
+        _fail(f"unexpected {type(exc).__name__}: {first} (a bug: please report it; -v shows more)")
 
 
 if __name__ == "__main__":

@@ -4,22 +4,86 @@ Exit codes: 0 when the file is valid; otherwise the
 :class:`~toolkit.errors.ConfigurationError` propagates and ``kct`` prints
 ``error: file:line: field: problem`` (every problem, one per line) on stderr
 and exits 1. Secrets are never printed: they show as ``***``.
+
+:func:`check_environment` does the same for the ``KCT_*`` variables that
+commands without ``--config`` connect with, before any client is built.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import click
+from pydantic import TypeAdapter, ValidationError
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from toolkit.config import KctConfig, StrongRule, load_config
+from toolkit.config import DeploymentName, HostPorts, KctConfig, StrongRule, load_config
+from toolkit.errors import ConfigurationError
 
-__all__ = ["config"]
+__all__ = ["check_environment", "config"]
+
+
+def _adapted(annotation: Any) -> Callable[[str], None]:
+    adapter: TypeAdapter[str] = TypeAdapter(annotation)
+
+    def check(value: str) -> None:
+        try:
+            adapter.validate_python(value)
+        except ValidationError as exc:  # our own messages, which never echo credentials
+            raise ValueError(exc.errors(include_url=False)[0]["msg"]) from None
+
+    return check
+
+
+def _redis_env_url(value: str) -> None:
+    """A URL ``redis`` can connect to; it may hold a password, so it is never echoed."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise ValueError("expected a redis://, rediss:// or unix:// URL")
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise ValueError("expected redis://host:port/db, the port is not 1-65535") from None
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise ValueError("expected unix:///path/to/redis.sock")
+    elif not parts.hostname or not re.fullmatch(r"(/[0-9]*)?", parts.path):
+        raise ValueError("expected redis://host:port/db (db: a number)")
+
+
+_ENVIRONMENT: dict[str, Callable[[str], None]] = {
+    "KCT_KAFKA_BOOTSTRAP": _adapted(HostPorts),
+    "KCT_ZOOKEEPER_HOSTS": _adapted(HostPorts),
+    "KCT_REDIS_URL": _redis_env_url,
+    "KCT_DEPLOYMENT": _adapted(DeploymentName),
+}
+
+
+def check_environment(
+    environ: Mapping[str, str] | None = None, names: Iterable[str] = tuple(_ENVIRONMENT)
+) -> None:
+    """Raise :class:`ConfigurationError` naming the first malformed ``KCT_*`` variable.
+
+    Unset variables are fine (the local stack's defaults apply); values are
+    never echoed where they may hold credentials.
+    """
+    env = os.environ if environ is None else environ
+    for name in names:
+        value = env.get(name)
+        if value is None:
+            continue
+        try:
+            _ENVIRONMENT[name](value)
+        except ValueError as exc:
+            raise ConfigurationError(f"{name}: {exc}", variable=name) from None
 
 
 def _aggregate(value: str) -> tuple[str, str]:

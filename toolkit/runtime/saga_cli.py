@@ -8,7 +8,8 @@ Connections come from the environment (``KCT_REDIS_URL``) or ``--config``.
 
 Exit codes: 0 when shown; 1 with ``error: ...`` on stderr when the saga is
 unknown to the projection (a wrong id, another ``--projection``, or a start the
-projection has not applied yet) or Redis cannot be reached.
+projection has not applied yet), ``KCT_REDIS_URL`` or ``--config`` is invalid,
+or Redis cannot be reached; 2 for invalid options (``--limit -5``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from rich.text import Text
 
 from toolkit.errors import ConsistencyError
 from toolkit.ports import ReadModelStore
+from toolkit.runtime.config_cli import check_environment
 from toolkit.saga.state import RUNNING_KEY, TOTALS_KEY, SagaStatus, saga_key
 
 __all__ = ["saga"]
@@ -74,6 +76,7 @@ def _store(config_path: Path | None) -> Iterator[ReadModelStore]:
 
         kct = Kct.from_config(load_config(config_path))
     else:
+        check_environment(names=("KCT_REDIS_URL",))  # a bad URL: one line, not a traceback
         kct = Kct()
     try:
         yield kct.store
@@ -211,7 +214,13 @@ def status(saga_id: str, projection: str, config_path: Path | None, as_json: boo
 @_projection_option
 @_config_option
 @_json_option
-@click.option("--limit", default=20, show_default=True, help="Running sagas to show by id.")
+@click.option(
+    "--limit",
+    default=20,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Running sagas to show by id.",
+)
 def list_(projection: str, config_path: Path | None, as_json: bool, limit: int) -> None:
     """Show how many sagas ended in each status, and which are running."""
     with _store(config_path) as store:

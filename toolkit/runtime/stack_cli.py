@@ -34,7 +34,7 @@ _state_dir_option = click.option(
 )
 _offset_option = click.option(
     "--port-offset",
-    type=click.IntRange(min=0),
+    type=click.IntRange(0, 20_000),
     default=None,
     help="Added to every port, to run a second stack beside the first.",
 )

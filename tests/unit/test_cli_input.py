@@ -1,0 +1,335 @@
+"""Every ``kct`` command with bad input: a clear error, never a traceback or a secret.
+
+Each case runs :func:`toolkit.runtime.cli.main` in-process (the console entry
+point, with its error handling) and checks its exit code and output. Commands
+that need servers are pointed at 127.0.0.1 ports nothing listens on, or at
+malformed URLs, so they must fail; no case can start or stop a stack: every
+``stack`` case has an invalid option, offset or state directory, and
+``KCT_STATE_DIR`` is a fresh temporary directory.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+import pytest
+
+from toolkit.runtime.cli import cli, main, redact
+from toolkit.runtime.config_cli import check_environment
+
+SECRET = "S3CRET-hunter2"
+BASE = "version: 1\nkafka:\n  bootstrap_servers: 127.0.0.1:1\n"
+# Files, by name, written into the test's directory ({dir} in arguments).
+FILES = {
+    "sasl-scalar.yaml": BASE + f"  security_protocol: SASL_SSL\n  sasl: 'svc:{SECRET}'\n",
+    "zk-scalar.yaml": BASE + f"zookeeper:\n  auth: 'svc:{SECRET}'\n",
+    "bootstrap-creds.yaml": f"version: 1\nkafka:\n  bootstrap_servers: 'svc:{SECRET}@b:9092'\n",
+    "bootstrap-url.yaml": f"version: 1\nkafka:\n  bootstrap_servers: 'SSL://svc:{SECRET}@b:1'\n",
+    "extra-secrets.yaml": BASE
+    + f"  extra:\n    ssl.key.pem: '{SECRET}'\n    sasl.oauthbearer.config: 'secret={SECRET}'\n",
+    "deep.yaml": BASE + "x: " + "[" * 5000 + "]" * 5000 + "\n",
+    "globs.yaml": BASE
+    + "consistency:\n  strong:\n    - {pattern: 'vip-['}\n    - {pattern: '[z-a]*'}\n",
+    "redis-password.yaml": BASE + f"redis:\n  url: redis://127.0.0.1:1/0\n  password: '{SECRET}'\n",
+    "redis-url-password.yaml": BASE + f"redis:\n  url: 'redis://:{SECRET}@127.0.0.1:1/0'\n",
+    "bad-deployment.yaml": BASE + "deployment: '..'\n",
+    "unknown-key.yaml": BASE + f"kafka_password: '{SECRET}'\n",
+}
+UNREACHABLE = {
+    "KCT_KAFKA_BOOTSTRAP": "127.0.0.1:1",
+    "KCT_REDIS_URL": f"redis://kct:{SECRET}@127.0.0.1:1/0",
+    "KCT_ZOOKEEPER_HOSTS": "127.0.0.1:1",
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    """``kct <args>`` with ``env``; ``code`` is the exit code wanted (1: error, 2: usage)."""
+
+    args: tuple[str, ...]
+    code: int
+    expected: str = ""
+    env: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def id(self) -> str:
+        shown = " ".join(self.args).replace("{dir}/", "")
+        extra = ",".join(f"{k}={v}" for k, v in self.env)
+        return f"{shown} [{extra}]" if extra else shown
+
+
+def case(
+    *args: str,
+    code: int = 1,
+    expected: str = "",
+    env: Mapping[str, str] | None = None,
+    **variables: str,
+) -> Case:
+    return Case(args, code, expected, tuple({**(env or {}), **variables}.items()))
+
+
+CASES = [
+    # kct
+    case("no-such-command", code=2, expected="No such command"),
+    case("--no-such-option", code=2, expected="No such option"),
+    # kct config check
+    case("config", "check", code=2, expected="Missing argument 'PATH'"),
+    case("config", "check", "{dir}/missing.yaml", expected="configuration file not found"),
+    case("config", "check", "{dir}", code=2, expected="is a directory"),
+    case("config", "check", "/dev/zero", expected="larger than 1 MiB"),
+    case("config", "check", "{dir}/big.yaml", expected="larger than 1 MiB"),
+    case("config", "check", "{dir}/latin1.yaml", expected="must be UTF-8; byte 0xe9 at offset"),
+    case("config", "check", "{dir}/deep.yaml", expected="nested deeper than 64 levels"),
+    case("config", "check", "{dir}/sasl-scalar.yaml", expected="kafka.sasl: expected a mapping"),
+    case("config", "check", "{dir}/zk-scalar.yaml", expected="zookeeper.auth: expected a mapping"),
+    case("config", "check", "{dir}/bootstrap-creds.yaml", expected="must not contain credentials"),
+    case("config", "check", "{dir}/bootstrap-url.yaml", expected="must not contain credentials"),
+    case("config", "check", "{dir}/globs.yaml", expected="invalid glob 'vip-['"),
+    case("config", "check", "{dir}/redis-url-password.yaml", expected="must not contain a pass"),
+    case("config", "check", "{dir}/bad-deployment.yaml", expected="deployment: expected"),
+    case("config", "check", "{dir}/unknown-key.yaml", expected="kafka_password: unknown key"),
+    case("config", "check", "{dir}/extra-secrets.yaml", code=0, expected="valid"),
+    case("config", "check", "{dir}/extra-secrets.yaml", "--json", code=0, expected='"***"'),
+    case(
+        "config",
+        "check",
+        "{dir}/redis-password.yaml",
+        "--aggregate",
+        "no-colon",
+        code=2,
+        expected="expected TYPE:ID",
+    ),
+    # kct saga status / list
+    case("saga", "status", code=2, expected="Missing argument 'SAGA_ID'"),
+    case("saga", "status", "x", KCT_REDIS_URL="notaurl", expected="KCT_REDIS_URL: expected"),
+    case(
+        "saga",
+        "status",
+        "x",
+        KCT_REDIS_URL=f"http://svc:{SECRET}@127.0.0.1:1/0",
+        expected="KCT_REDIS_URL: expected a redis://",
+    ),
+    case("saga", "status", "x", KCT_REDIS_URL="redis://127.0.0.1:99999/0", expected="port"),
+    case("saga", "status", "x", env=UNREACHABLE, expected="Redis read failed"),
+    case("saga", "status", "x", "--config", "{dir}/missing.yaml", expected="not found"),
+    case("saga", "status", "x", "--config", "{dir}/sasl-scalar.yaml", expected="kafka.sasl"),
+    case("saga", "status", "x", "--config", "{dir}/redis-password.yaml", expected="Redis"),
+    case("saga", "status", "x", "--projection", "", env=UNREACHABLE, expected="Redis"),
+    case("saga", "list", "--limit", "-5", code=2, expected="-5 is not in the range x>=0"),
+    case("saga", "list", "--limit", "many", code=2, expected="'many' is not a valid integer"),
+    case("saga", "list", KCT_REDIS_URL="notaurl", expected="KCT_REDIS_URL: expected"),
+    case("saga", "list", env=UNREACHABLE, expected="Redis read failed"),
+    case("saga", "list", "--json", "--config", "{dir}/deep.yaml", expected="nested deeper"),
+    case("saga", "list", "--config", "{dir}/redis-url-password.yaml", expected="password"),
+    # kct demo (never reaches the stack: every case has an invalid option or variable)
+    case("demo", "--events", "-1", code=2, expected="-1 is not in the range 1<=x<=100000"),
+    case("demo", "--events", "0", code=2, expected="not in the range"),
+    case("demo", "--events", "1000000000", code=2, expected="not in the range"),
+    case("demo", "--orders", "0", code=2, expected="not in the range 1<=x<=10000"),
+    case("demo", "--orders", "x", code=2, expected="not a valid integer"),
+    case(
+        "demo",
+        "--use-running-kafka",
+        KCT_KAFKA_BOOTSTRAP=f"svc:{SECRET}@127.0.0.1:1",
+        expected="KCT_KAFKA_BOOTSTRAP: must not contain credentials",
+    ),
+    case("demo", "--use-running-kafka", KCT_REDIS_URL="notaurl", expected="KCT_REDIS_URL"),
+    case("demo", "--use-running-kafka", KCT_ZOOKEEPER_HOSTS="zk", expected="KCT_ZOOKEEPER_HOSTS"),
+    case("demo", "--use-running-kafka", KCT_DEPLOYMENT="a/b", expected="KCT_DEPLOYMENT"),
+    # kct stack up / down / status (never a valid offset and state directory together)
+    case("stack", "up", "--port-offset", "-1", code=2, expected="not in the range 0<=x<=20000"),
+    case("stack", "up", "--port-offset", "99999", code=2, expected="not in the range"),
+    case("stack", "up", KCT_STACK_PORT_OFFSET="ten", expected="KCT_STACK_PORT_OFFSET"),
+    case("stack", "up", KCT_STACK_PORT_OFFSET="99999", expected="between 0 and 20000"),
+    case("stack", "up", "--state-dir", "/proc/kct-no-such/dir", expected="error:"),
+    case("stack", "up", "--state-dir", "{dir}/big.yaml", code=2, expected="is a file"),
+    case("stack", "down", "--port-offset", "x", code=2, expected="not a valid integer"),
+    case("stack", "down", KCT_STACK_PORT_OFFSET="-3", expected="KCT_STACK_PORT_OFFSET"),
+    case("stack", "status", "--port-offset", "-1", code=2, expected="not in the range"),
+    case("stack", "status", KCT_STACK_PORT_OFFSET="1e3", expected="KCT_STACK_PORT_OFFSET"),
+    case(
+        "stack",
+        "status",
+        *("--state-dir", "/proc/kct-no-such/dir", "--port-offset", "20000"),
+        expected="port offset 20000",
+    ),
+]
+
+
+def _leaf_commands(group: click.Group, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            yield from _leaf_commands(command, (*prefix, name))
+        else:
+            yield (*prefix, name)
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    for name, text in FILES.items():
+        (tmp_path / name).write_text(text)
+    (tmp_path / "big.yaml").write_text(BASE + "x: " + "a" * (5 * 1024 * 1024) + "\n")
+    (tmp_path / "latin1.yaml").write_bytes(BASE.encode() + "service: caf\xe9\n".encode("latin-1"))
+    for name in (*UNREACHABLE, "KCT_DEPLOYMENT", "KCT_STACK_PORT_OFFSET"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("KCT_STATE_DIR", str(tmp_path / "state"))  # never the real stack's
+    monkeypatch.setenv("COLUMNS", "200")
+    return tmp_path
+
+
+def _run(args: tuple[str, ...], capsys: pytest.CaptureFixture[str]) -> tuple[int | str | None, str]:
+    with pytest.raises(SystemExit) as info:
+        main(list(args))
+        sys.exit(0)  # a command that returns normally
+    captured = capsys.readouterr()
+    return info.value.code, captured.out + captured.err
+
+
+def test_every_command_is_covered() -> None:
+    covered = {c.args[: len(leaf)] for c in CASES for leaf in _leaf_commands(cli)}
+    for leaf in _leaf_commands(cli):
+        assert leaf in covered, f"kct {' '.join(leaf)} has no bad-input case"
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_bad_input_gives_a_clear_error_without_traceback_or_secret(
+    case: Case,
+    workdir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for name, value in case.env:
+        monkeypatch.setenv(name, value)
+    args = tuple(arg.replace("{dir}", str(workdir)) for arg in case.args)
+    code, output = _run(args, capsys)
+    assert "Traceback" not in output
+    assert SECRET not in output
+    assert code == case.code, output
+    assert case.expected in output
+    if code == 1 and args[:2] != ("stack", "status"):  # status: a table of what is down
+        assert output.startswith("error: "), output
+
+
+def test_unexpected_errors_are_one_line_without_traceback_and_redacted(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def broken(path: object) -> None:
+        raise ValueError(f"boom at redis://svc:{SECRET}@h/0 password={SECRET}\nsecond line")
+
+    monkeypatch.setattr("toolkit.runtime.config_cli.load_config", broken)
+    code, output = _run(("config", "check", str(workdir / "deep.yaml")), capsys)
+    assert code == 1
+    assert output.strip() == (
+        "error: unexpected ValueError: boom at redis://***@h/0 password=*** "
+        "(a bug: please report it; -v shows more)"
+    )
+
+
+def test_interrupt_and_os_errors_are_one_line(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def interrupted(path: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("toolkit.runtime.config_cli.load_config", interrupted)
+    code, output = _run(("config", "check", str(workdir / "deep.yaml")), capsys)
+    assert (code, output.strip()) == (130, "aborted")  # after click's newline
+
+    def denied(path: object) -> None:
+        raise PermissionError(13, "Permission denied", "/etc/kct.yaml")
+
+    monkeypatch.setattr("toolkit.runtime.config_cli.load_config", denied)
+    code, output = _run(("config", "check", str(workdir / "deep.yaml")), capsys)
+    assert (code, output) == (1, "error: Permission denied: /etc/kct.yaml\n")
+
+
+def test_redact_masks_url_credentials_and_secret_pairs_but_not_field_paths() -> None:
+    assert redact("at rediss://u:pw@h:1/0 and redis://:pw@h") == (
+        "at rediss://***@h:1/0 and redis://***@h"
+    )
+    assert redact("clientSecret=abc scope=x (password='pw')") == (
+        "clientSecret=*** scope=x (password='***')"
+    )
+    text = "kct.yaml:7: kafka.sasl.password: expected a non-empty value"
+    assert redact(text) == text
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("KCT_REDIS_URL", "notaurl", "expected a redis://, rediss:// or unix:// URL"),
+        ("KCT_REDIS_URL", f"redis://:{SECRET}@h:port/0", "the port is not 1-65535"),
+        ("KCT_REDIS_URL", f"redis://:{SECRET}@h/db", "db: a number"),
+        ("KCT_REDIS_URL", "unix://", "unix:///path"),
+        ("KCT_KAFKA_BOOTSTRAP", f"u:{SECRET}@h:1", "must not contain credentials"),
+        ("KCT_KAFKA_BOOTSTRAP", "h", "expected 'host:port"),
+        ("KCT_ZOOKEEPER_HOSTS", "h:0", "expected 'host:port"),
+        ("KCT_DEPLOYMENT", ".", "expected 1-64 characters"),
+    ],
+)
+def test_check_environment_names_the_variable_and_never_echoes_a_url(
+    name: str, value: str, expected: str
+) -> None:
+    from toolkit.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match=name) as info:
+        check_environment({name: value})
+    assert expected in str(info.value)
+    assert SECRET not in str(info.value)
+
+
+def test_check_environment_accepts_good_and_unset_variables() -> None:
+    check_environment({})
+    check_environment(
+        {
+            "KCT_REDIS_URL": f"rediss://u:{SECRET}@redis.internal:6380/2",
+            "KCT_KAFKA_BOOTSTRAP": "k1:9092,k2:9092",
+            "KCT_ZOOKEEPER_HOSTS": "127.0.0.1:12181",
+            "KCT_DEPLOYMENT": "eu-west.prod_2",
+        }
+    )
+    check_environment({"KCT_REDIS_URL": "unix:///run/redis.sock", "KCT_REDIS_URL_X": "x"})
+
+
+# --- the installed entry point ----------------------------------------------------------------
+
+
+ENTRY_POINT = "from toolkit.runtime.cli import main; main()"  # what the kct script runs
+
+
+def test_the_console_script_fails_cleanly(tmp_path: Path) -> None:
+    """``KCT_REDIS_URL=notaurl kct saga status x`` through the real entry point."""
+    env = {**os.environ, "KCT_REDIS_URL": "notaurl", "KCT_STATE_DIR": str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, "-c", ENTRY_POINT, "saga", "status", "x"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr == (
+        "error: KCT_REDIS_URL: expected a redis://, rediss:// or unix:// URL "
+        "(variable='KCT_REDIS_URL')\n"
+    )
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_demo_against_unreachable_servers_fails_cleanly(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """About 30 s: the admin request times out. Nothing listens on 127.0.0.1:1."""
+    for name, value in UNREACHABLE.items():
+        monkeypatch.setenv(name, value)
+    code, output = _run(("demo", "--use-running-kafka", "--events", "1", "--orders", "1"), capsys)
+    assert code == 1
+    assert output.startswith("error: Kafka did not answer"), output
+    assert "Traceback" not in output and SECRET not in output

@@ -20,6 +20,7 @@ from pathlib import Path
 import click
 import pytest
 
+from toolkit.runtime.app import KctSettings, saga_group
 from toolkit.runtime.cli import cli, main, redact
 from toolkit.runtime.config_cli import check_environment
 
@@ -117,6 +118,7 @@ CASES = [
     ),
     case("saga", "status", "x", KCT_REDIS_URL="redis://127.0.0.1:99999/0", expected="port"),
     case("saga", "status", "x", env=UNREACHABLE, expected="Redis read failed"),
+    case("saga", "status", "x", KCT_DEPLOYMENT="..", expected="deployment: expected"),
     case("saga", "status", "x", "--config", "{dir}/missing.yaml", expected="not found"),
     case("saga", "status", "x", "--config", "{dir}/sasl-scalar.yaml", expected="kafka.sasl"),
     case("saga", "status", "x", "--config", "{dir}/redis-password.yaml", expected="Redis"),
@@ -295,6 +297,53 @@ def test_check_environment_accepts_good_and_unset_variables() -> None:
         }
     )
     check_environment({"KCT_REDIS_URL": "unix:///run/redis.sock", "KCT_REDIS_URL_X": "x"})
+
+
+# --- saga consumer groups: namespaced by deployment, saga type and participant ------------
+
+
+def test_saga_groups_are_namespaced_by_deployment_saga_type_and_participant() -> None:
+    assert saga_group("default", "payment", ["OrderFulfillment"]) == (
+        "kct.default.saga.OrderFulfillment.payment"
+    )
+    assert saga_group("prod", "payment", ["Refund", "OrderFulfillment"], "shop-1-") == (
+        "kct.prod.saga.OrderFulfillment+Refund.shop-1-payment"
+    )
+    assert saga_group("a", "p", ["T"]) != saga_group("b", "p", ["T"])
+    assert saga_group("a", "p", ["T"]) != saga_group("a", "p", ["U"])
+
+
+def test_deployment_comes_from_kct_yaml_or_the_environment_default_default() -> None:
+    from toolkit.config import parse_config
+
+    assert KctSettings().deployment == "default"
+    assert KctSettings.from_env({}).deployment == "default"
+    assert KctSettings.from_env({"KCT_DEPLOYMENT": "ci-42"}).deployment == "ci-42"
+    config = parse_config(BASE + "deployment: staging\n", environ={})
+    assert KctSettings.from_config(config).deployment == "staging"
+    from toolkit.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="deployment"):
+        KctSettings(deployment="a b")
+
+
+def test_participants_join_the_namespaced_group(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``Kct.saga_participant`` names its consumer group and dead-letter label with it."""
+    from examples.order_fulfillment.services import SAGA_TYPE, definitions
+    from toolkit.runtime import app
+
+    groups: list[str] = []
+
+    class Consumer:
+        def __init__(self, settings: object, group: str) -> None:
+            groups.append(group)
+            raise RuntimeError("stop here: no Kafka in unit tests")
+
+    monkeypatch.setattr(app, "KafkaRecordConsumer", Consumer)
+    kct = app.Kct(KctSettings(deployment="ci-7"))
+    with pytest.raises(RuntimeError, match="stop here"):
+        kct.saga_participant("inventory", definitions(), {}, namespace="shop-x-")
+    assert groups == [f"kct.ci-7.saga.{SAGA_TYPE}.shop-x-inventory"]
 
 
 # --- the installed entry point ----------------------------------------------------------------

@@ -4,6 +4,10 @@
 projection runners, consistency manager, read-after-write) from
 :class:`KctSettings`. Tests, benchmarks, the demo and (later) the sidecar use
 it, so the wiring lives in one place.
+
+Saga participants' consumer groups are namespaced by :func:`saga_group`
+(deployment, saga types, participant), so independent deployments and test
+runs on one cluster never share a group.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -32,13 +36,13 @@ from connectors.redis import (
 )
 from connectors.zookeeper import ZooKeeperLockService, ZooKeeperSettings
 from toolkit.boundary import ConsistencyBoundary, ConsistencyPolicy, OperationContext
-from toolkit.config import KctConfig
+from toolkit.config import DEFAULT_DEPLOYMENT, KctConfig
 from toolkit.conflicts import ConflictResolver, resolver_from_config
 from toolkit.consistency import EventualConsistencyManager, ReadAfterWrite
 from toolkit.dead_letter import DeadLetterQueue
 from toolkit.errors import ConfigurationError
 from toolkit.hlc import HybridLogicalClock
-from toolkit.positions import TopicPartition
+from toolkit.positions import TopicPartition, is_valid_topic_name
 from toolkit.projection import Projection, ProjectionRunner
 from toolkit.publisher import EventPublisher
 from toolkit.saga.client import SagaClient, SagaWatchdog
@@ -47,10 +51,25 @@ from toolkit.saga.participant import SagaParticipant, StepAction
 from toolkit.saga.state import saga_state_projection
 from toolkit.tracker import ProjectionTracker
 
-__all__ = ["SAGA_STATE", "Kct", "KctSettings"]
+__all__ = ["SAGA_STATE", "Kct", "KctSettings", "saga_group"]
 
 # The default name of the saga-state projection (the fold of saga replies).
 SAGA_STATE = "kct-saga-state"
+
+
+def saga_group(
+    deployment: str, participant: str, saga_types: Iterable[str], namespace: str = ""
+) -> str:
+    """The consumer group (and dead-letter label) of a saga participant.
+
+    ``kct.<deployment>.saga.<saga type>.<namespace><participant>``; a
+    participant serving several saga types reads their command topics in one
+    group named after all of them, sorted and joined by ``+``. Changing the
+    deployment, the participant's name or its saga types names a new group,
+    which reads the command topics from their start (its step records make it
+    re-publish decided steps, not run them again).
+    """
+    return f"kct.{deployment}.saga.{'+'.join(sorted(saga_types))}.{namespace}{participant}"
 
 
 def _default_node_id() -> str:
@@ -66,6 +85,15 @@ class KctSettings:
     zookeeper: ZooKeeperSettings = field(default_factory=ZooKeeperSettings)
     node_id: str = field(default_factory=_default_node_id)
     schema_dirs: tuple[Path, ...] = ()
+    deployment: str = DEFAULT_DEPLOYMENT  # kct.yaml's ``deployment``, or KCT_DEPLOYMENT
+
+    def __post_init__(self) -> None:
+        if len(self.deployment) > 64 or not is_valid_topic_name(self.deployment):
+            raise ConfigurationError(
+                "deployment: expected 1-64 characters of a-z, A-Z, 0-9, '.', '_', '-' "
+                "(not '.' or '..')",
+                deployment=self.deployment[:70],
+            )
 
     @classmethod
     def from_config(cls, config: KctConfig) -> KctSettings:
@@ -102,14 +130,22 @@ class KctSettings:
             key_file=zc.tls.key_file if zc.tls else None,
         )
         node_id = f"{config.service}-{_default_node_id()}"
-        return cls(kafka=kafka, redis=redis, zookeeper=zookeeper, node_id=node_id)
+        return cls(
+            kafka=kafka,
+            redis=redis,
+            zookeeper=zookeeper,
+            node_id=node_id,
+            deployment=config.deployment,
+        )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> KctSettings:
+        env = os.environ if environ is None else environ
         return cls(
             kafka=KafkaSettings.from_env(environ),
             redis=RedisSettings.from_env(environ),
             zookeeper=ZooKeeperSettings.from_env(environ),
+            deployment=env.get("KCT_DEPLOYMENT") or DEFAULT_DEPLOYMENT,
         )
 
 
@@ -232,8 +268,13 @@ class Kct:
         actions: Mapping[str, StepAction],
         **options: Any,
     ) -> SagaParticipant:
-        """A member of participant ``name``'s group, with its own transactional producer."""
-        consumer = KafkaRecordConsumer(self.settings.kafka, f"saga-{name}")
+        """A member of participant ``name``'s group (:func:`saga_group`), with its own
+        transactional producer."""
+        saga_types = [t for t, d in definitions.items() if name in d.participants]
+        group = saga_group(
+            self.settings.deployment, name, saga_types, str(options.get("namespace", ""))
+        )
+        consumer = KafkaRecordConsumer(self.settings.kafka, group)
         transactions = KafkaTransactionalProducer(
             self.settings.kafka, f"kct-{self.settings.node_id}-{name}-{uuid.uuid4().hex[:6]}"
         )
@@ -247,7 +288,7 @@ class Kct:
             publisher=self.publisher,
             codec=self.codec,
             store=self.saga_steps,
-            dead_letters=DeadLetterQueue(self.producer, f"saga-{name}"),
+            dead_letters=DeadLetterQueue(self.producer, group),
             group_metadata=consumer.group_metadata,
             clock=self.clock,
             **options,

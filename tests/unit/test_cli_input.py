@@ -153,6 +153,7 @@ CASES = [
     case("stack", "up", "--state-dir", "{dir}/big.yaml", code=2, expected="is a file"),
     case("stack", "down", "--port-offset", "x", code=2, expected="not a valid integer"),
     case("stack", "down", KCT_STACK_PORT_OFFSET="-3", expected="KCT_STACK_PORT_OFFSET"),
+    case("stack", "down", "--state-dir", "/proc/kct-no-such/dir", expected="No such file"),
     case("stack", "status", "--port-offset", "-1", code=2, expected="not in the range"),
     case("stack", "status", KCT_STACK_PORT_OFFSET="1e3", expected="KCT_STACK_PORT_OFFSET"),
     case(

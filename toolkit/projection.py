@@ -271,7 +271,7 @@ class ProjectionRunner:
         max_batch: int = 500,
         poll_timeout: float = 0.1,
         store_check_interval: float = 0.5,
-        max_backoff: float = 5.0,
+        max_backoff: float = 1.0,
         after_store: Callable[[Mapping[TopicPartition, int]], None] | None = None,
         resolver: ConflictResolver | None = None,
         audit_entries: int = 50,

@@ -17,6 +17,7 @@ topic not created yet) are retried by librdkafka and reported to the
 from __future__ import annotations
 
 import logging
+import operator
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import cast
@@ -233,17 +234,24 @@ def _to_record(message: Message) -> ConsumedRecord:
     )
 
 
+# Message.headers, called so that CPython always checks its result (see _read_headers).
+_HEADERS = operator.methodcaller("headers")
+
+
 def _read_headers(message: Message) -> tuple[Headers, str | None]:
     """The record's headers, read exactly once; on failure none and the reason.
 
-    confluent-kafka cannot represent a header name that is not UTF-8: the
-    first ``headers()`` call raises ``SystemError`` and a second returns a
-    tuple holding NULL, which crashes the interpreter when touched. So the
-    call is made once, and any failure or odd shape makes the record
-    undecodable (dead-lettered without its headers) instead of a crash.
+    confluent-kafka cannot represent a header name that is not UTF-8: its
+    ``headers()`` returns a list holding NULL with a ``UnicodeDecodeError``
+    pending. Called through the C API that pending error becomes a
+    ``SystemError``; called from bytecode that CPython 3.11+ has specialised,
+    the check is skipped and the next touch of the list crashes the
+    interpreter. So the call goes through ``operator.methodcaller`` (always
+    checked), is made once (a second call returns the cached NULL list), and
+    any failure makes the record undecodable: dead-lettered without headers.
     """
     try:
-        raw_headers = message.headers()
+        raw_headers = _HEADERS(message)
     except Exception as exc:  # SystemError, UnicodeDecodeError: the client could not decode
         return (), f"client could not read them ({type(exc).__name__})"
     if not raw_headers:

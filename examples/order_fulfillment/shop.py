@@ -151,11 +151,7 @@ class Shop:
                 self.definitions, self.state_projection, namespace=self.namespace
             )
 
-            def watch() -> None:
-                while not stop.wait(0.5):
-                    dog.check_once()
-
-            threads.append(threading.Thread(target=watch, daemon=True))
+            threads.append(threading.Thread(target=dog.run, args=(stop,), daemon=True))
         for thread in threads:
             thread.start()
         try:

@@ -35,10 +35,12 @@ JAEGER_PACKAGE = "github.com/jaegertracing/jaeger/cmd/jaeger"
 
 REDIS_SERVER = Path("/usr/bin/redis-server")
 ZOOKEEPER_JAR = Path("/usr/share/java/zookeeper.jar")
+KCAT = Path("/usr/bin/kcat")
 # slf4j binding from libslf4j-java (a dependency of the zookeeper package): without
 # one, ZooKeeper's log goes nowhere.
 ZOOKEEPER_SLF4J_BINDING = Path("/usr/share/java/slf4j-simple.jar")
-DEBIAN_PACKAGES = ("zookeeper", "redis-server")
+# kcat: the fault tests write records that Python clients refuse to write.
+DEBIAN_PACKAGES = ("zookeeper", "redis-server", "kcat")
 
 log = logging.getLogger(__name__)
 
@@ -170,17 +172,17 @@ def jaeger_binary(cache_dir: Path) -> Path:
 
 
 def ensure_debian_packages() -> None:
-    """Make sure redis-server and ZooKeeper are installed; apt-get them when root."""
+    """Make sure redis-server, ZooKeeper and kcat are installed; apt-get them when root."""
     global _apt_done  # noqa: PLW0603 - once per process, shared by two services
     with _apt_lock:
-        if REDIS_SERVER.is_file() and ZOOKEEPER_JAR.is_file():
+        if REDIS_SERVER.is_file() and ZOOKEEPER_JAR.is_file() and KCAT.is_file():
             return
         missing = " ".join(DEBIAN_PACKAGES)
         if _apt_done:
             raise StackError(f"apt-get install {missing} ran but the servers are still missing")
         if os.geteuid() != 0:
             raise StackError(
-                f"ZooKeeper and Redis are not installed; run: sudo apt-get install "
+                f"ZooKeeper, Redis or kcat is not installed; run: sudo apt-get install "
                 f"--no-install-recommends {missing}",
                 tool="apt-get",
             )

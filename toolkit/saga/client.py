@@ -15,7 +15,9 @@ re-publishes the timeout), and the watchdog publishes the FAILURE reply and
 the compensation of the previous step; if the participant won, the step ran
 and its reply is on its way, and the watchdog does nothing. A watchdog does
 not time out compensations: they are retried until they succeed or land on
-the compensation-failure topic.
+the compensation-failure topic. :meth:`SagaWatchdog.run` checks on an
+interval and waits out backend failures (reported in ``health``), so a
+hosted watchdog never stops on an outage.
 
 Failure modes: ``start`` raises ``TransactionAborted``/``PublishError`` with
 nothing started; ``wait`` raises ``ConsistencyTimeout`` naming the sagas
@@ -25,12 +27,13 @@ still running.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from toolkit.errors import ConfigurationError, ConsistencyTimeout
+from toolkit.errors import ConfigurationError, ConnectorError, ConsistencyTimeout
 from toolkit.ports import ReadModelStore, SagaStepStore, TransactionalProducer
 from toolkit.publisher import EventPublisher
 from toolkit.saga.definition import SagaDefinition
@@ -43,6 +46,7 @@ from toolkit.saga.participant import (
     stored_outputs,
 )
 from toolkit.saga.state import RUNNING_KEY, TERMINAL, SagaStatus, saga_key
+from toolkit.supervision import Health, LoopHealth
 
 __all__ = ["SagaClient", "SagaWatchdog"]
 
@@ -162,7 +166,24 @@ class SagaWatchdog:
         self._transactions = transactions
         self._publisher = publisher
         self._clock_ms = clock_ms
+        self._health = LoopHealth()
         self.timed_out = 0
+
+    @property
+    def health(self) -> Health:
+        return self._health.current
+
+    def run(self, stop: threading.Event, interval: float = 0.5) -> None:
+        """Check every ``interval`` seconds until ``stop``; backend failures are
+        logged, reported in :attr:`health` and retried, never raised."""
+        while not stop.wait(interval):
+            try:
+                self.check_once()
+            except ConnectorError as exc:
+                self._health.failed(f"{type(exc).__name__}: {exc}")
+                log.warning("saga watchdog: check failed, retrying: %s", exc)
+            else:
+                self._health.recovered()
 
     def check_once(self) -> list[str]:
         """Time out every overdue step; returns the ids of the sagas it failed."""

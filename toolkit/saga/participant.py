@@ -149,7 +149,7 @@ class SagaParticipant:
         poll_timeout: float = 0.1,
         sleep: Callable[[float], None] = time.sleep,
         namespace: str = "",
-        max_backoff: float = 5.0,
+        max_backoff: float = 1.0,
     ) -> None:
         self.name = name
         # The participant's read model (and dedup records) in the store.

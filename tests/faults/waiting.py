@@ -1,0 +1,36 @@
+"""Helpers of the fault tests: wait for a condition, read a whole topic."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+
+from connectors.kafka import KafkaRecordConsumer
+from toolkit.ports import ConsumedRecord
+from toolkit.runtime.app import Kct
+
+
+def until(condition: Callable[[], bool], timeout: float, what: str = "condition") -> None:
+    """Wait (checking every 50 ms) until ``condition()``; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout}s")
+        time.sleep(0.05)
+
+
+def read_topic(kct: Kct, topic: str, expected: int, timeout: float = 30) -> list[ConsumedRecord]:
+    """At least ``expected`` records of ``topic`` (all partitions), read by a fresh group."""
+    consumer = KafkaRecordConsumer(kct.settings.kafka, f"read-{uuid.uuid4().hex[:8]}")
+    consumer.subscribe([topic])
+    records: list[ConsumedRecord] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(records) < expected and time.monotonic() < deadline:
+            records.extend(consumer.poll(500, 0.5))
+        # Anything more that is already there (to catch extra copies).
+        records.extend(consumer.poll(500, 1.0))
+    finally:
+        consumer.close()
+    return records

@@ -12,6 +12,14 @@ Layout, all under one hash tag so a cluster keeps a projection in one slot:
 ``kct:rm:{<projection>}:c:<key>`` counters (hashes),
 ``kct:rm:{<projection>}:offsets`` next offset to apply per ``topic:partition``.
 
+``reset`` wipes a projection while its runners may be writing: it first
+marks the offsets hash as resetting (one atomic step that also drops the
+offsets), then deletes the keys, then removes the mark. While the mark is
+there every batch write and offsets read fails with ``StoreError`` (runners
+wait it out), so no runner writes into a half-deleted model; afterwards
+they find no offsets and rebuild from the start. A reset that died midway
+leaves the mark: run it again.
+
 Failure modes: any Redis error becomes ``StoreError`` naming the projection;
 the URL's credentials never appear in it.
 """
@@ -63,8 +71,14 @@ for _, op in ipairs(request.ops) do
 end
 """
 
+# A field of the offsets hash, never a topic:partition: the model is being reset.
+RESETTING_FIELD = "__resetting"
+
 _APPLY = (
     """
+if redis.call('HEXISTS', KEYS[1], '__resetting') == 1 then
+  return {2}
+end
 local request = cjson.decode(ARGV[1])
 for field, expected in pairs(request.expected) do
   local current = redis.call('HGET', KEYS[1], field)
@@ -83,6 +97,12 @@ end
 return {1}
 """
 )
+# Drop the offsets and mark the model as being reset, in one step.
+_MARK_RESETTING = """
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], '__resetting', ARGV[1])
+return 1
+"""
 # Puts per MSET: well below Lua's unpack() limit (LUAI_MAXCSTACK, 8000 values).
 _MSET_CHUNK = 500
 
@@ -98,6 +118,7 @@ class RedisReadModelStore:
         self._settings = settings
         self._redis = client or settings.client()
         self._apply_script = self._redis.register_script(_APPLY)
+        self._mark_resetting = self._redis.register_script(_MARK_RESETTING)
 
     @staticmethod
     def _prefix(projection: str) -> str:
@@ -139,11 +160,21 @@ class RedisReadModelStore:
         wanted = list(partitions)
         if not wanted:
             return {}
+        fields = [_field(tp) for tp in wanted]
         try:
-            values = self._redis.hmget(self._offsets_key(projection), [_field(tp) for tp in wanted])
+            values = self._redis.hmget(self._offsets_key(projection), [*fields, RESETTING_FIELD])
         except redis.RedisError as exc:
             raise self._fail("read", projection, exc) from exc
-        return {tp: int(v) for tp, v in zip(wanted, values, strict=True) if v is not None}
+        if values[-1] is not None:
+            raise self._resetting(projection)
+        return {tp: int(v) for tp, v in zip(wanted, values[:-1], strict=True) if v is not None}
+
+    def _resetting(self, projection: str) -> StoreError:
+        return StoreError(
+            "read model is being reset; writes wait until the reset finishes "
+            "(if no reset is running, one died midway: run it again)",
+            projection=projection,
+        )
 
     def apply(
         self,
@@ -166,6 +197,8 @@ class RedisReadModelStore:
             )
         except redis.RedisError as exc:
             raise self._fail("batch write", projection, exc) from exc
+        if result and int(result[0]) == 2:
+            raise self._resetting(projection)
         return bool(result and int(result[0]) == 1)
 
     def dump(self, projection: str) -> dict[str, Any]:
@@ -186,11 +219,17 @@ class RedisReadModelStore:
         return out
 
     def reset(self, projection: str) -> None:
+        """Delete the projection's documents, counters and offsets (see the module
+        docstring: safe while its runners are writing)."""
         prefix = self._prefix(projection)
+        offsets = self._offsets_key(projection)
         try:
-            batch = [str(k) for k in self._redis.scan_iter(match=f"{_escape(prefix)}*", count=1000)]
+            self._mark_resetting(keys=[offsets], args=["1"])
+            found = (str(k) for k in self._redis.scan_iter(match=f"{_escape(prefix)}*", count=1000))
+            batch = [key for key in found if key != offsets]
             for start in range(0, len(batch), 500):
-                self._redis.delete(*batch[start : start + 500])
+                self._redis.unlink(*batch[start : start + 500])
+            self._redis.hdel(offsets, RESETTING_FIELD)
         except redis.RedisError as exc:
             raise self._fail("reset", projection, exc) from exc
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from tests.memory import InMemoryReadModelStore
+from tests.fakes import InMemoryReadModelStore
 from toolkit.envelope import Envelope
 from toolkit.projection import Projection
 from toolkit.read_model import ReadModelBatch

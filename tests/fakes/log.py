@@ -1,11 +1,14 @@
-"""In-memory port implementations for unit tests of core logic (no servers)."""
+"""The in-memory log: ``RecordProducer`` and ``RecordConsumer`` without a broker.
+
+Topics have one partition each. Records written by open transactions
+(:mod:`tests.fakes.transactions`) are counted in ``pending`` until their
+transaction ends, so :class:`~tests.fakes.offsets.InMemoryOffsets` can tell the
+last stable offset from the high watermark.
+"""
 
 from __future__ import annotations
 
-import json
-import threading
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
 
 from toolkit.errors import PublishError
 from toolkit.ports import (
@@ -13,10 +16,11 @@ from toolkit.ports import (
     AssignCallback,
     ConsumedRecord,
     OutgoingRecord,
-    ReadModelChange,
     RevokeCallback,
 )
 from toolkit.positions import Position, TopicPartition
+
+__all__ = ["InMemoryConsumer", "InMemoryLog"]
 
 
 class InMemoryLog:
@@ -28,6 +32,8 @@ class InMemoryLog:
         self.fail_topics: set[str] = set()
         # Like the broker's message.max.bytes (key + value + headers), when set.
         self.max_record_bytes: int | None = None
+        # Records of open transactions per topic: written, not yet committed or aborted.
+        self.pending: dict[str, int] = {}
 
     def produce(self, records: Sequence[OutgoingRecord]) -> list[Position]:
         positions = []
@@ -54,6 +60,8 @@ class InMemoryLog:
 
 
 class InMemoryConsumer:
+    """A group member reading every topic's one partition; ``idled`` sums ``idle()``."""
+
     def __init__(self, log: InMemoryLog, group: str) -> None:
         self.log = log
         self.group = group
@@ -100,110 +108,3 @@ class InMemoryConsumer:
 
     def close(self) -> None:
         pass
-
-
-class InMemoryReadModelStore:
-    """CheckpointedReadModelStore in a dict, with the same compare-and-set rule as Redis."""
-
-    def __init__(self) -> None:
-        self.documents: dict[tuple[str, str], dict[str, Any]] = {}
-        self.counter_values: dict[tuple[str, str], dict[str, int]] = {}
-        self.offsets: dict[str, dict[TopicPartition, int]] = {}
-
-    def get(self, projection: str, key: str) -> dict[str, Any] | None:
-        found = self.documents.get((projection, key))
-        return None if found is None else json.loads(json.dumps(found))
-
-    def counters(self, projection: str, key: str) -> dict[str, int]:
-        return dict(self.counter_values.get((projection, key), {}))
-
-    def applied_offsets(
-        self, projection: str, partitions: Iterable[TopicPartition]
-    ) -> dict[TopicPartition, int]:
-        stored = self.offsets.get(projection, {})
-        return {tp: stored[tp] for tp in partitions if tp in stored}
-
-    def apply(
-        self,
-        projection: str,
-        changes: Sequence[ReadModelChange],
-        expected: Mapping[TopicPartition, int | None],
-        offsets: Mapping[TopicPartition, int],
-    ) -> bool:
-        stored = self.offsets.setdefault(projection, {})
-        if any(stored.get(tp) != want for tp, want in expected.items()):
-            return False
-        for change in changes:
-            key = (projection, change.key)
-            if change.kind == "put":
-                self.documents[key] = json.loads(json.dumps(change.document))
-            elif change.kind == "delete":
-                self.documents.pop(key, None)
-            elif change.field is not None:
-                counters = self.counter_values.setdefault(key, {})
-                counters[change.field] = counters.get(change.field, 0) + change.amount
-        stored.update(offsets)
-        return True
-
-    def dump(self, projection: str) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for (name, key), doc in self.documents.items():
-            if name == projection:
-                out[f"d:{key}"] = doc
-        for (name, key), counters in self.counter_values.items():
-            if name == projection:
-                out[f"c:{key}"] = dict(counters)
-        return out
-
-    def reset(self, projection: str) -> None:
-        self.documents = {k: v for k, v in self.documents.items() if k[0] != projection}
-        self.counter_values = {k: v for k, v in self.counter_values.items() if k[0] != projection}
-        self.offsets.pop(projection, None)
-
-
-class InMemoryOffsets:
-    """OffsetSource over an InMemoryLog; counts how often it is asked."""
-
-    def __init__(self, log: InMemoryLog) -> None:
-        self.log = log
-        self.queries = 0
-
-    def committed_offsets(self, group: str, topics: Iterable[str]) -> dict[TopicPartition, int]:
-        self.queries += 1
-        wanted = set(topics)
-        return {tp: o for tp, o in self.log.committed.get(group, {}).items() if tp.topic in wanted}
-
-    def end_offsets(self, topics: Iterable[str]) -> dict[TopicPartition, int]:
-        return {TopicPartition(t, 0): len(self.log.topics.get(t, [])) for t in topics}
-
-
-class InMemoryPositions:
-    """PositionNotifier and PositionListener in one, without threads."""
-
-    def __init__(self) -> None:
-        self._latest: dict[str, dict[TopicPartition, int]] = {}
-        self._version = 0
-        self._changed = threading.Condition()
-
-    def publish(
-        self, projection: str, offsets: Mapping[TopicPartition, int], *, rewound: bool = False
-    ) -> None:
-        with self._changed:
-            latest = self._latest.setdefault(projection, {})
-            for tp, offset in offsets.items():
-                latest[tp] = offset if rewound else max(latest.get(tp, -1), offset)
-            self._version += 1
-            self._changed.notify_all()
-
-    @property
-    def version(self) -> int:
-        return self._version
-
-    def latest(self, projection: str) -> dict[TopicPartition, int]:
-        with self._changed:
-            return dict(self._latest.get(projection, {}))
-
-    def wait_for_update(self, after_version: int, timeout: float) -> int:
-        with self._changed:
-            self._changed.wait_for(lambda: self._version != after_version, timeout)
-            return self._version

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from connectors.avro import AvroCodec, AvroSchemaRegistry, bundled_schema_dir
-from tests.memory import InMemoryLog
+from tests.fakes import InMemoryLog
 from toolkit.dead_letter import DeadLetter, DeadLetterQueue
 from toolkit.envelope import Envelope, HeaderName, decode_record, encode_envelope
 from toolkit.errors import SerializationError

@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 
 from connectors.redis.read_model import _DOCUMENT_ENCODER
-from tests.memory import InMemoryReadModelStore
+from tests.fakes import InMemoryReadModelStore
 from toolkit.ports import ReadModelChange
 from toolkit.read_model import ReadModelBatch
 

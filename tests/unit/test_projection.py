@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 
 from connectors.avro import AvroCodec, AvroSchemaRegistry, bundled_schema_dir
-from tests.memory import (
+from tests.fakes import (
     InMemoryLog,
     InMemoryOffsets,
     InMemoryPositions,

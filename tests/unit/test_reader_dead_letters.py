@@ -3,7 +3,7 @@
 import pytest
 
 from connectors.avro import AvroCodec, AvroSchemaRegistry, bundled_schema_dir
-from tests.memory import InMemoryLog
+from tests.fakes import InMemoryLog
 from toolkit.dead_letter import DeadLetter, DeadLetterQueue
 from toolkit.envelope import Envelope
 from toolkit.errors import PublishError

@@ -12,15 +12,14 @@ import contextlib
 import copy
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable
 
 from connectors.avro import AvroCodec, AvroSchemaRegistry, bundled_schema_dir
-from tests.memory import InMemoryLog, InMemoryPositions, InMemoryReadModelStore
+from tests.fakes import FlakyReadModelStore, InMemoryLog, InMemoryPositions
 from tests.order_stats import order_stats, placed_event
 from toolkit.dead_letter import DeadLetterQueue
 from toolkit.errors import StoreError
 from toolkit.hlc import HybridLogicalClock
-from toolkit.ports import ReadModelChange
 from toolkit.positions import TopicPartition
 from toolkit.projection import ProjectionRunner
 from toolkit.publisher import EventPublisher
@@ -29,40 +28,10 @@ CODEC = AvroCodec(AvroSchemaRegistry.from_directories(bundled_schema_dir()))
 TP = TopicPartition("orders", 0)
 
 
-class FlakyStore(InMemoryReadModelStore):
-    """Raises StoreError on every call while ``down`` is set."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.down = threading.Event()
-        self.failures = 0
-
-    def _check(self) -> None:
-        if self.down.is_set():
-            self.failures += 1
-            raise StoreError("connection refused", redis="redis://127.0.0.1:1/0")
-
-    def applied_offsets(
-        self, projection: str, partitions: Iterable[TopicPartition]
-    ) -> dict[TopicPartition, int]:
-        self._check()
-        return super().applied_offsets(projection, partitions)
-
-    def apply(
-        self,
-        projection: str,
-        changes: Sequence[ReadModelChange],
-        expected: Mapping[TopicPartition, int | None],
-        offsets: Mapping[TopicPartition, int],
-    ) -> bool:
-        self._check()
-        return super().apply(projection, changes, expected, offsets)
-
-
 class World:
     def __init__(self) -> None:
         self.log = InMemoryLog()
-        self.store = FlakyStore()
+        self.store = FlakyReadModelStore()
         self.positions = InMemoryPositions()
         self.publisher = EventPublisher(self.log, CODEC, HybridLogicalClock("w"))
 

@@ -6,10 +6,9 @@ from __future__ import annotations
 import copy
 import json
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import pytest
@@ -19,13 +18,17 @@ from pydantic import ValidationError
 from connectors.avro import AvroCodec, AvroSchemaRegistry, bundled_schema_dir
 from examples.order_fulfillment.services import ACTIONS, SAGA_TYPE
 from examples.order_fulfillment.services import definitions as example_definitions
-from tests.memory import InMemoryLog, InMemoryReadModelStore
+from tests.fakes import (
+    InMemoryLog,
+    InMemoryReadModelStore,
+    InMemorySagaStepStore,
+    InMemoryTransactionalProducer,
+)
 from toolkit.dead_letter import DeadLetterQueue, dead_letter_topic
 from toolkit.envelope import Envelope, decode_record, encode_envelope
-from toolkit.errors import ConfigurationError, ConsistencyError, TransactionAborted
+from toolkit.errors import ConfigurationError, ConsistencyError
 from toolkit.hlc import HLCTimestamp, HybridLogicalClock
 from toolkit.ports import ConsumedRecord, OutgoingRecord, ReadModelChange
-from toolkit.positions import Position, TopicPartition
 from toolkit.projection import ProjectionRunner
 from toolkit.publisher import EventPublisher
 from toolkit.read_model import ReadModelBatch
@@ -469,88 +472,6 @@ def test_compensation_failed_round_trips() -> None:
 # -- participants, client and watchdog on in-memory ports ---------------------------
 
 
-class InMemorySagaStepStore(InMemoryReadModelStore):
-    """SagaStepStore in dicts: read models plus once-only outcomes."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.outcomes: dict[tuple[str, str], str] = {}
-
-    def outcome(self, participant: str, key: str) -> dict[str, Any] | None:
-        found = self.outcomes.get((participant, key))
-        return None if found is None else dict(json.loads(found))
-
-    def record_once(
-        self,
-        participant: str,
-        key: str,
-        changes: Sequence[ReadModelChange],
-        outcome: Mapping[str, Any],
-    ) -> tuple[bool, dict[str, Any]]:
-        stored = self.outcome(participant, key)
-        if stored is not None:
-            return False, stored
-        self.apply(participant, changes, {}, {})
-        self.outcomes[(participant, key)] = json.dumps(outcome)
-        return True, dict(outcome)
-
-
-class FakeTransaction:
-    """Buffers records and offsets; the log sees them only at commit."""
-
-    def __init__(self, owner: FakeTransactions) -> None:
-        self._owner = owner
-        self._records: list[OutgoingRecord] = []
-        self._offsets: tuple[Mapping[TopicPartition, int], Any] | None = None
-        self._done = False
-
-    def produce(self, records: Sequence[OutgoingRecord]) -> list[Position]:
-        self._records.extend(records)
-        return [Position(r.topic, 0, 0) for r in records]  # not known before the commit
-
-    def send_offsets(self, offsets: Mapping[TopicPartition, int], group_metadata: Any) -> None:
-        self._offsets = (dict(offsets), group_metadata)
-
-    def commit(self) -> None:
-        self._done = True
-        if self._owner.fail_commits > 0:
-            self._owner.fail_commits -= 1
-            raise TransactionAborted("injected abort")
-        self._owner.log.produce(self._records)
-        if self._offsets is not None:
-            offsets, group = self._offsets
-            self._owner.log.committed.setdefault(str(group), {}).update(offsets)
-        self._owner.commits += 1
-
-    def abort(self) -> None:
-        self._done = True
-
-    def __enter__(self) -> FakeTransaction:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if not self._done:
-            self.abort()
-
-
-class FakeTransactions:
-    def __init__(self, log: InMemoryLog) -> None:
-        self.log = log
-        self.fail_commits = 0
-        self.commits = 0
-
-    def begin(self) -> FakeTransaction:
-        return FakeTransaction(self)
-
-    def close(self) -> None:
-        pass
-
-
 STOCK, WALLET = 10, 10_000
 
 
@@ -561,7 +482,7 @@ class Shop:
         self.definitions = example_definitions()
         self.log = InMemoryLog()
         self.store = InMemorySagaStepStore()
-        self.transactions = FakeTransactions(self.log)
+        self.transactions = InMemoryTransactionalProducer(self.log)
         self.publisher = EventPublisher(self.log, CODEC, HybridLogicalClock("test"))
         chosen = {name: dict(acts) for name, acts in ACTIONS.items()}
         for name, overrides in (actions or {}).items():

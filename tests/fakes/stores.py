@@ -1,0 +1,130 @@
+"""In-memory stores: ``CheckpointedReadModelStore`` and ``SagaStepStore`` in dicts,
+and a read-model store that fails on demand (like Redis down)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from toolkit.errors import StoreError
+from toolkit.ports import ReadModelChange
+from toolkit.positions import TopicPartition
+
+__all__ = ["FlakyReadModelStore", "InMemoryReadModelStore", "InMemorySagaStepStore"]
+
+
+class InMemoryReadModelStore:
+    """CheckpointedReadModelStore in a dict, with the same compare-and-set rule as Redis."""
+
+    def __init__(self) -> None:
+        self.documents: dict[tuple[str, str], dict[str, Any]] = {}
+        self.counter_values: dict[tuple[str, str], dict[str, int]] = {}
+        self.offsets: dict[str, dict[TopicPartition, int]] = {}
+
+    def get(self, projection: str, key: str) -> dict[str, Any] | None:
+        found = self.documents.get((projection, key))
+        return None if found is None else json.loads(json.dumps(found))
+
+    def counters(self, projection: str, key: str) -> dict[str, int]:
+        return dict(self.counter_values.get((projection, key), {}))
+
+    def applied_offsets(
+        self, projection: str, partitions: Iterable[TopicPartition]
+    ) -> dict[TopicPartition, int]:
+        stored = self.offsets.get(projection, {})
+        return {tp: stored[tp] for tp in partitions if tp in stored}
+
+    def apply(
+        self,
+        projection: str,
+        changes: Sequence[ReadModelChange],
+        expected: Mapping[TopicPartition, int | None],
+        offsets: Mapping[TopicPartition, int],
+    ) -> bool:
+        stored = self.offsets.setdefault(projection, {})
+        if any(stored.get(tp) != want for tp, want in expected.items()):
+            return False
+        for change in changes:
+            key = (projection, change.key)
+            if change.kind == "put":
+                self.documents[key] = json.loads(json.dumps(change.document))
+            elif change.kind == "delete":
+                self.documents.pop(key, None)
+            elif change.field is not None:
+                counters = self.counter_values.setdefault(key, {})
+                counters[change.field] = counters.get(change.field, 0) + change.amount
+        stored.update(offsets)
+        return True
+
+    def dump(self, projection: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for (name, key), doc in self.documents.items():
+            if name == projection:
+                out[f"d:{key}"] = doc
+        for (name, key), counters in self.counter_values.items():
+            if name == projection:
+                out[f"c:{key}"] = dict(counters)
+        return out
+
+    def reset(self, projection: str) -> None:
+        self.documents = {k: v for k, v in self.documents.items() if k[0] != projection}
+        self.counter_values = {k: v for k, v in self.counter_values.items() if k[0] != projection}
+        self.offsets.pop(projection, None)
+
+
+class InMemorySagaStepStore(InMemoryReadModelStore):
+    """SagaStepStore in dicts: read models plus once-only outcomes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.outcomes: dict[tuple[str, str], str] = {}
+
+    def outcome(self, participant: str, key: str) -> dict[str, Any] | None:
+        found = self.outcomes.get((participant, key))
+        return None if found is None else dict(json.loads(found))
+
+    def record_once(
+        self,
+        participant: str,
+        key: str,
+        changes: Sequence[ReadModelChange],
+        outcome: Mapping[str, Any],
+    ) -> tuple[bool, dict[str, Any]]:
+        stored = self.outcome(participant, key)
+        if stored is not None:
+            return False, stored
+        self.apply(participant, changes, {}, {})
+        self.outcomes[(participant, key)] = json.dumps(outcome)
+        return True, dict(outcome)
+
+
+class FlakyReadModelStore(InMemoryReadModelStore):
+    """Raises StoreError on every call while ``down`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = threading.Event()
+        self.failures = 0
+
+    def _check(self) -> None:
+        if self.down.is_set():
+            self.failures += 1
+            raise StoreError("connection refused", redis="redis://127.0.0.1:1/0")
+
+    def applied_offsets(
+        self, projection: str, partitions: Iterable[TopicPartition]
+    ) -> dict[TopicPartition, int]:
+        self._check()
+        return super().applied_offsets(projection, partitions)
+
+    def apply(
+        self,
+        projection: str,
+        changes: Sequence[ReadModelChange],
+        expected: Mapping[TopicPartition, int | None],
+        offsets: Mapping[TopicPartition, int],
+    ) -> bool:
+        self._check()
+        return super().apply(projection, changes, expected, offsets)

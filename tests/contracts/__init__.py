@@ -1,0 +1,30 @@
+"""Contract suites: one abstract suite per port, each with a ``make_*()`` factory.
+
+A suite is a class named ``...Contract`` (pytest does not collect it); a test
+module subclasses it as ``Test...`` and implements the factories, once in
+``tests/unit/test_contracts.py`` for the in-memory implementation and once
+in ``tests/integration/test_contracts.py`` for the real adapter. Both must
+pass the same assertions: what the suite checks is what the port promises.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+
+__all__ = ["eventually", "unique"]
+
+
+def unique(prefix: str) -> str:
+    """A name no other test uses (projections, groups, aggregates on shared servers)."""
+    return f"contract-{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def eventually(check: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    """Wait until ``check()`` holds; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not hold within {timeout} s")
+        time.sleep(0.02)

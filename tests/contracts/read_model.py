@@ -1,0 +1,169 @@
+"""Contracts of ``ReadModelStore``, ``CheckpointedReadModelStore`` and ``SagaStepStore``."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import pytest
+
+from tests.contracts import unique
+from toolkit.ports import (
+    CheckpointedReadModelStore,
+    ReadModelChange,
+    ReadModelStore,
+    SagaStepStore,
+)
+from toolkit.positions import TopicPartition
+
+__all__ = [
+    "CheckpointedReadModelStoreContract",
+    "ReadModelStoreContract",
+    "SagaStepStoreContract",
+]
+
+TP0, TP1 = TopicPartition("contract.orders", 0), TopicPartition("contract.orders", 1)
+DOCUMENT = {"status": "placed", "lines": [{"sku": "é-1", "n": 2}], "total": 12.5, "ok": True}
+
+
+def put(key: str, document: dict[str, object]) -> ReadModelChange:
+    return ReadModelChange("put", key, document=document)
+
+
+def increment(key: str, field: str, amount: int) -> ReadModelChange:
+    return ReadModelChange("increment", key, field=field, amount=amount)
+
+
+class ReadModelStoreContract(ABC):
+    """What every read-model store answers for data nobody wrote."""
+
+    @abstractmethod
+    def make_store(self) -> ReadModelStore: ...
+
+    def test_an_unknown_key_has_no_document_and_no_counters(self) -> None:
+        store = self.make_store()
+        assert store.get(unique("p"), "order:1") is None
+        assert store.counters(unique("p"), "order:1") == {}
+
+
+class CheckpointedReadModelStoreContract(ReadModelStoreContract):
+    """Changes and offsets applied in one step, guarded by the expected offsets."""
+
+    @abstractmethod
+    def make_store(self) -> CheckpointedReadModelStore: ...
+
+    def test_a_batch_writes_documents_counters_and_offsets_together(self) -> None:
+        store, name = self.make_store(), unique("p")
+        changes = [put("order:1", DOCUMENT), increment("stats", "placed", 2)]
+        assert store.apply(name, changes, {TP0: None}, {TP0: 5})
+        assert store.get(name, "order:1") == DOCUMENT
+        assert store.counters(name, "stats") == {"placed": 2}
+        assert store.applied_offsets(name, [TP0, TP1]) == {TP0: 5}
+
+    def test_changes_apply_in_order(self) -> None:
+        store, name = self.make_store(), unique("p")
+        changes = [
+            put("a", {"v": 1}),
+            ReadModelChange("delete", "a"),
+            ReadModelChange("delete", "b"),
+            put("b", {"v": 2}),
+            put("b", {"v": 3}),
+        ]
+        assert store.apply(name, changes, {}, {TP0: 1})
+        assert store.get(name, "a") is None
+        assert store.get(name, "b") == {"v": 3}
+
+    def test_increments_add_up_across_batches(self) -> None:
+        store, name = self.make_store(), unique("p")
+        assert store.apply(name, [increment("k", "n", 3), increment("k", "m", 1)], {}, {TP0: 1})
+        assert store.apply(name, [increment("k", "n", -5)], {TP0: 1}, {TP0: 2})
+        assert store.counters(name, "k") == {"n": -2, "m": 1}
+
+    def test_a_batch_is_refused_when_the_stored_offsets_are_not_the_expected_ones(self) -> None:
+        store, name = self.make_store(), unique("p")
+        assert store.apply(name, [put("k", {"v": 1})], {TP0: None}, {TP0: 3})
+        for expected in ({TP0: None}, {TP0: 2}, {TP0: 3, TP1: 7}):
+            refused = [put("k", {"v": 2}), increment("c", "n", 1)]
+            assert not store.apply(name, refused, expected, {TP0: 9})
+        assert store.get(name, "k") == {"v": 1}
+        assert store.counters(name, "c") == {}
+        assert store.applied_offsets(name, [TP0, TP1]) == {TP0: 3}
+        assert store.apply(name, [put("k", {"v": 3})], {TP0: 3, TP1: None}, {TP0: 4, TP1: 1})
+        assert store.applied_offsets(name, [TP0, TP1]) == {TP0: 4, TP1: 1}
+
+    def test_applied_offsets_name_only_the_partitions_asked_for(self) -> None:
+        store, name = self.make_store(), unique("p")
+        assert store.applied_offsets(name, [TP0]) == {}
+        assert store.apply(name, [], {}, {TP0: 1, TP1: 2})
+        assert store.applied_offsets(name, [TP1]) == {TP1: 2}
+        assert store.applied_offsets(name, []) == {}
+
+    def test_a_returned_document_is_a_copy(self) -> None:
+        store, name = self.make_store(), unique("p")
+        assert store.apply(name, [put("k", {"items": [1]})], {}, {TP0: 1})
+        found = store.get(name, "k")
+        assert found is not None
+        found["items"].append(2)
+        assert store.get(name, "k") == {"items": [1]}
+
+    def test_projections_are_separate(self) -> None:
+        store, one, two = self.make_store(), unique("p"), unique("p")
+        assert store.apply(one, [put("k", {"v": 1}), increment("c", "n", 1)], {}, {TP0: 1})
+        assert store.get(two, "k") is None
+        assert store.counters(two, "c") == {}
+        assert store.applied_offsets(two, [TP0]) == {}
+
+    def test_dump_holds_every_document_and_counter(self) -> None:
+        store, name = self.make_store(), unique("p")
+        changes = [put("a", {"v": 1}), put("b", DOCUMENT), increment("c", "n", 4)]
+        assert store.apply(name, changes, {}, {TP0: 3})
+        assert store.dump(name) == {"d:a": {"v": 1}, "d:b": DOCUMENT, "c:c": {"n": 4}}
+
+    def test_reset_deletes_the_projection_and_only_it(self) -> None:
+        store, name, other = self.make_store(), unique("p"), unique("p")
+        for projection in (name, other):
+            assert store.apply(
+                projection, [put("a", {"v": 1}), increment("c", "n", 1)], {}, {TP0: 2}
+            )
+        store.reset(name)
+        assert store.dump(name) == {}
+        assert store.applied_offsets(name, [TP0]) == {}
+        assert store.apply(name, [put("a", {"v": 2})], {TP0: None}, {TP0: 1})
+        assert store.get(other, "a") == {"v": 1}
+        assert store.applied_offsets(other, [TP0]) == {TP0: 2}
+
+
+class SagaStepStoreContract(ReadModelStoreContract):
+    """A participant's read model and its once-only step outcomes."""
+
+    @abstractmethod
+    def make_store(self) -> SagaStepStore: ...
+
+    def test_a_step_is_recorded_once_with_its_changes(self) -> None:
+        store, participant = self.make_store(), unique("inventory")
+        changes = [put("stock:w", {"available": 8}), increment("totals", "reserved", 2)]
+        outcome = {"reply": {"status": "SUCCESS"}, "n": 1}
+        assert store.outcome(participant, "s1:Reserve") is None
+        assert store.record_once(participant, "s1:Reserve", changes, outcome) == (True, outcome)
+        assert store.outcome(participant, "s1:Reserve") == outcome
+        assert store.get(participant, "stock:w") == {"available": 8}
+        assert store.counters(participant, "totals") == {"reserved": 2}
+
+    def test_a_recorded_step_changes_nothing_again_and_answers_what_was_stored(self) -> None:
+        store, participant = self.make_store(), unique("inventory")
+        first = {"reply": "first"}
+        store.record_once(participant, "s1:Reserve", [increment("t", "n", 1)], first)
+        again = store.record_once(
+            participant, "s1:Reserve", [increment("t", "n", 1), put("x", {"v": 1})], {"r": 2}
+        )
+        assert again == (False, first)
+        assert store.counters(participant, "t") == {"n": 1}
+        assert store.get(participant, "x") is None
+
+    @pytest.mark.parametrize("key", ["s1:Reserve:EXECUTE", "s1:Reserve:COMPENSATE"])
+    def test_keys_and_participants_are_separate(self, key: str) -> None:
+        store, one, two = self.make_store(), unique("inventory"), unique("payment")
+        assert store.record_once(one, key, [], {"by": "one"})[0]
+        assert store.record_once(two, key, [], {"by": "two"})[0]
+        assert store.outcome(one, key) == {"by": "one"}
+        assert store.outcome(two, key) == {"by": "two"}
+        assert store.outcome(one, key + "x") is None

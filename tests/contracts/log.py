@@ -109,7 +109,11 @@ class RecordConsumerContract(LogContract):
         offsets = self.write(topic, "a", "b", "c")
         consumer = self.make_consumer(unique("g"))
         assigned: list[list[TopicPartition]] = []
-        consumer.subscribe([topic], on_assign=lambda tps: assigned.append(tps) or None)
+
+        def on_assign(partitions: list[TopicPartition]) -> None:
+            assigned.append(partitions)
+
+        consumer.subscribe([topic], on_assign=on_assign)
         found = read(consumer, 3)
         consumer.close()
         assert [r.offset for r in found] == offsets

@@ -25,8 +25,10 @@ class TransactionalProducerContract(LogContract):
         # Polling on moves the position past the commit marker, to the stable end.
         tp, offsets = TopicPartition(topic, 0), self.make_offsets()
         eventually(
-            lambda: consumer.poll(1, 0.1) == []
-            and consumer.positions([tp]) == offsets.end_offsets([topic]),
+            lambda: (
+                consumer.poll(1, 0.1) == []
+                and consumer.positions([tp]) == offsets.end_offsets([topic])
+            ),
             what="position at the stable end",
         )
         consumer.close()

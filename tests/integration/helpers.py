@@ -71,7 +71,9 @@ def peek(
         message = consumer.poll(0.2)
         if message is None or message.error() is not None:
             continue
-        headers = {k: v.decode() for k, v in message.headers() or [] if v is not None}
+        raw = message.headers() or []
+        pairs = raw.items() if isinstance(raw, dict) else raw
+        headers = {k: v.decode() if isinstance(v, bytes) else v for k, v in pairs if v is not None}
         found.append(Peeked(message.key(), message.value() or b"", headers))
     consumer.close()
     return found

@@ -124,7 +124,7 @@ def test_consumer_with_newer_reader_schema_reads_events_written_with_the_old_one
     v2 = {
         **v1,
         "fields": [
-            *v1["fields"],  # type: ignore[misc]
+            *v1["fields"],
             {"name": "tier", "type": "string", "default": "standard"},
         ],
     }

@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -119,7 +120,10 @@ def test_read_after_write_never_returns_a_stale_read(
                 event = placed_event(order, "c", 1, sequence=sequence)
                 return [kct.publisher.publish(topic, event).position]
 
-            result = raw.execute(command, lambda order=order: kct.store.get(name, f"order:{order}"))
+            def query(order: str = order) -> dict[str, Any] | None:
+                return kct.store.get(name, f"order:{order}")
+
+            result = raw.execute(command, query)
             if result.value is None or result.value["seq"] < sequence:
                 stale.append((i, result.value))
     assert stale == []

@@ -117,9 +117,16 @@ def redis_user(endpoints: Endpoints) -> Iterator[tuple[str, str]]:
     """A Redis ACL user (ACL SETUSER) with full access, removed afterwards."""
     user, password = f"kct-{uuid.uuid4().hex[:8]}", secrets.token_urlsafe(18)
     admin = redis.Redis.from_url(endpoints.redis_url)
-    admin.execute_command("ACL", "SETUSER", user, "on", f">{password}", "~*", "&*", "+@all")
+    admin.acl_setuser(
+        user,
+        enabled=True,
+        passwords=[f"+{password}"],
+        keys=["*"],
+        channels=["*"],
+        categories=["+@all"],
+    )
     yield user, password
-    admin.execute_command("ACL", "DELUSER", user)
+    admin.acl_deluser(user)
     admin.close()
 
 

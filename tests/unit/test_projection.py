@@ -190,8 +190,19 @@ def _all_events(world: World) -> list:  # type: ignore[type-arg]
 # -- waiting --------------------------------------------------------------------
 
 
-def _manager(world: World, offsets: InMemoryOffsets, **kwargs: float) -> EventualConsistencyManager:
-    return EventualConsistencyManager(ProjectionTracker(offsets), world.positions, **kwargs)
+def _manager(
+    world: World,
+    offsets: InMemoryOffsets,
+    *,
+    first_check_after: float = 0.02,
+    max_check_interval: float = 1.0,
+) -> EventualConsistencyManager:
+    return EventualConsistencyManager(
+        ProjectionTracker(offsets),
+        world.positions,
+        first_check_after=first_check_after,
+        max_check_interval=max_check_interval,
+    )
 
 
 def test_wait_returns_at_once_when_already_applied() -> None:

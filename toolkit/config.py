@@ -51,14 +51,14 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from toolkit.config_errors import (
+from toolkit.errors import ConfigurationError
+from toolkit.yaml_source import (
     Problem,
     config_error,
     is_secret_name,
     read_yaml,
     validation_problems,
 )
-from toolkit.errors import ConfigurationError
 
 __all__ = [
     "DEFAULT_DEPLOYMENT",

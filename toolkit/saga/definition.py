@@ -22,8 +22,8 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 
-from toolkit.config_errors import Problem, config_error, read_yaml, validation_problems
 from toolkit.errors import ConfigurationError
+from toolkit.yaml_source import Problem, config_error, read_yaml, validation_problems
 
 __all__ = ["SagaDefinition", "SagaStep", "load_saga_definitions", "parse_saga_definitions"]
 

@@ -1,4 +1,5 @@
-"""The YAML side of ``kct.yaml``: the node tree, its line numbers and precise errors.
+"""YAML sources (``kct.yaml``, ``sagas.yaml``): the node tree with line numbers, ``${ENV}``
+substitution, and precise errors pointing back at lines.
 
 :func:`read_yaml` composes the text with ``yaml.SafeLoader`` (nothing else), so
 each value keeps the line it was written on; it rejects duplicate keys (which

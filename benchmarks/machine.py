@@ -35,7 +35,7 @@ def _ram() -> str:
 def _kafka_version(ep: Endpoints) -> str:
     if not ep.local_stack:
         return f"external cluster at {ep.kafka_bootstrap} (version not queried)"
-    from toolkit.runtime.stack_provision import KAFKA_VERSION
+    from toolkit.runtime.stack.provision import KAFKA_VERSION
 
     return f"Apache Kafka {KAFKA_VERSION} (KRaft, 1 broker, `kct stack`)"
 

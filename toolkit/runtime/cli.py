@@ -21,7 +21,7 @@ import click
 from toolkit.errors import ToolkitError
 from toolkit.runtime.config_cli import check_environment, config
 from toolkit.runtime.saga_cli import saga
-from toolkit.runtime.stack_cli import stack
+from toolkit.runtime.stack.cli import stack
 
 log = logging.getLogger("toolkit.runtime.cli")
 # A URL's user:password@, and key=value pairs whose key names a secret

@@ -3,7 +3,7 @@
 Each :class:`Service` knows how to make its program available (``provision``),
 write its configuration into the state directory (``prepare``), the exact
 command line to run (``argv``) and how to tell that it really answers
-(``probe``). :mod:`toolkit.runtime.stack` drives them.
+(``probe``). :mod:`toolkit.runtime.stack.local` drives them.
 
 Guarantees: every port a server opens is listed in :meth:`Service.ports`, bound
 to 127.0.0.1 and shifted by the stack's port offset, so two stacks with
@@ -33,8 +33,8 @@ from connectors.kafka.probe import kafka_ready
 from connectors.redis.probe import redis_ready
 from connectors.zookeeper.probe import zookeeper_ready
 from toolkit.errors import ConfigurationError, StackError
-from toolkit.runtime import stack_provision as prov
-from toolkit.runtime.stack_process import port_open, tail
+from toolkit.runtime.stack import provision as prov
+from toolkit.runtime.stack.process import port_open, tail
 
 _MAX_PORT = 65535
 

@@ -50,10 +50,10 @@ _apt_done = False
 
 def resources_dir() -> Path:
     """The stack's static files: packaged ``_local`` first, then the repo's ``docker/local``."""
-    packaged = Path(__file__).parent / "_local"
+    packaged = Path(__file__).parents[1] / "_local"  # toolkit/runtime/_local
     if packaged.is_dir():
         return packaged
-    repo = Path(__file__).resolve().parents[2] / "docker" / "local"
+    repo = Path(__file__).resolve().parents[3] / "docker" / "local"
     if repo.is_dir():
         return repo
     raise StackError(

@@ -42,9 +42,9 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.errors import StackError
-from toolkit.runtime import stack_process as proc
-from toolkit.runtime.stack_provision import default_cache_dir
-from toolkit.runtime.stack_services import (
+from toolkit.runtime.stack import process as proc
+from toolkit.runtime.stack.provision import default_cache_dir
+from toolkit.runtime.stack.services import (
     SERVICE_TYPES,
     Service,
     StackLayout,

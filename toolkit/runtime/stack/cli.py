@@ -22,7 +22,12 @@ from rich.console import Console
 from rich.table import Table
 
 from toolkit.errors import ToolkitError
-from toolkit.runtime.stack import LocalStack, StackStatus, default_port_offset, default_state_dir
+from toolkit.runtime.stack.local import (
+    LocalStack,
+    StackStatus,
+    default_port_offset,
+    default_state_dir,
+)
 
 __all__ = ["stack"]
 

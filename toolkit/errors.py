@@ -99,6 +99,15 @@ class TransactionAborted(PublishError):
     ``read_committed`` consumers."""
 
 
+class SagaError(ToolkitError):
+    """A saga step or compensation could not be done."""
+
+
+class StepFailed(SagaError):
+    """A step cannot be done for a business reason (out of stock, card declined);
+    raised by a step action, it fails the step without a retry."""
+
+
 class ProjectionError(ToolkitError):
     """A projection runner cannot continue (its store or consumer keeps failing)."""
 
@@ -121,8 +130,10 @@ __all__ = [
     "LockTimeout",
     "ProjectionError",
     "PublishError",
+    "SagaError",
     "SerializationError",
     "StackError",
+    "StepFailed",
     "StoreError",
     "ToolkitError",
     "TransactionAborted",

@@ -24,9 +24,10 @@ from tests.fakes import (
     InMemorySagaStepStore,
     InMemoryTransactionalProducer,
 )
+from toolkit import errors
 from toolkit.dead_letter import DeadLetterQueue, dead_letter_topic
 from toolkit.envelope import Envelope, decode_record, encode_envelope
-from toolkit.errors import ConfigurationError, ConsistencyError
+from toolkit.errors import ConfigurationError, ConsistencyError, SagaError, ToolkitError
 from toolkit.hlc import HLCTimestamp, HybridLogicalClock
 from toolkit.ports import ConsumedRecord, OutgoingRecord, ReadModelChange
 from toolkit.projection import ProjectionRunner
@@ -35,7 +36,7 @@ from toolkit.read_model import ReadModelBatch
 from toolkit.runtime import saga_cli
 from toolkit.runtime.app import SAGA_STATE
 from toolkit.runtime.cli import cli, main
-from toolkit.saga.client import SagaClient, SagaWatchdog
+from toolkit.saga.client import SagaClient
 from toolkit.saga.definition import (
     SagaDefinition,
     SagaStep,
@@ -64,6 +65,7 @@ from toolkit.saga.state import (
     saga_key,
     saga_state_projection,
 )
+from toolkit.saga.watchdog import SagaWatchdog
 
 CODEC = AvroCodec(AvroSchemaRegistry.from_directories(bundled_schema_dir()))
 ORDER = SagaDefinition(
@@ -622,6 +624,11 @@ def test_a_compensation_that_keeps_failing_ends_failed_compensation() -> None:
     assert failed.payload["step"] == "ProcessPayment"
     assert failed.payload["attempts"] == 4
     assert failed.payload["context"]["order_id"] == "o-1"
+
+
+def test_a_business_failure_is_a_saga_error_of_the_one_tree() -> None:
+    assert issubclass(StepFailed, SagaError) and issubclass(SagaError, ToolkitError)
+    assert StepFailed is errors.StepFailed
 
 
 def test_a_business_failure_is_not_retried_and_a_technical_one_is() -> None:

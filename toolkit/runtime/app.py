@@ -45,10 +45,11 @@ from toolkit.hlc import HybridLogicalClock
 from toolkit.positions import TopicPartition, is_valid_topic_name
 from toolkit.projection import Projection, ProjectionRunner
 from toolkit.publisher import EventPublisher
-from toolkit.saga.client import SagaClient, SagaWatchdog
+from toolkit.saga.client import SagaClient
 from toolkit.saga.definition import SagaDefinition
 from toolkit.saga.participant import SagaParticipant, StepAction
 from toolkit.saga.state import saga_state_projection
+from toolkit.saga.watchdog import SagaWatchdog
 from toolkit.tracker import ProjectionTracker
 
 __all__ = ["SAGA_STATE", "Kct", "KctSettings", "saga_group"]

@@ -1,23 +1,11 @@
-"""Starting sagas, reading their state, and timing out steps that never reply.
+"""Starting sagas and reading their state.
 
 :class:`SagaClient` starts a saga by publishing, in one Kafka transaction,
 ``SagaStarted`` to the reply topic and the first step's EXECUTE command. It
 reads a saga's state from the saga-state projection (the fold of replies),
 so any process can answer ``status``.
 
-:class:`SagaWatchdog` times out steps. There is no orchestrator: any process
-may run a watchdog (several may, safely). For a running saga whose current
-step got no reply within the step's timeout, it records the step's outcome
-as a FAILURE **in the participant's dedup record** with the same once-only
-script the participant uses. Whoever records first decides: if the watchdog
-wins, the step never runs (a late command finds the record and only
-re-publishes the timeout), and the watchdog publishes the FAILURE reply and
-the compensation of the previous step; if the participant won, the step ran
-and its reply is on its way, and the watchdog does nothing. A watchdog does
-not time out compensations: they are retried until they succeed or land on
-the compensation-failure topic. :meth:`SagaWatchdog.run` checks on an
-interval and waits out backend failures (reported in ``health``), so a
-hosted watchdog never stops on an outage.
+Steps that never reply are timed out by :class:`~toolkit.saga.watchdog.SagaWatchdog`.
 
 Failure modes: ``start`` raises ``TransactionAborted``/``PublishError`` with
 nothing started; ``wait`` raises ``ConsistencyTimeout`` naming the sagas
@@ -26,40 +14,20 @@ still running.
 
 from __future__ import annotations
 
-import logging
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from toolkit.errors import ConfigurationError, ConnectorError, ConsistencyTimeout
-from toolkit.ports import ReadModelStore, SagaStepStore, TransactionalProducer
+from toolkit.errors import ConfigurationError, ConsistencyTimeout
+from toolkit.ports import ReadModelStore, TransactionalProducer
 from toolkit.publisher import EventPublisher
 from toolkit.saga.definition import SagaDefinition
-from toolkit.saga.messages import Action, Outcome, SagaCommand, SagaStarted
-from toolkit.saga.participant import (
-    Output,
-    dedup_key,
-    failure_outputs,
-    outputs_document,
-    stored_outputs,
-)
-from toolkit.saga.state import RUNNING_KEY, TERMINAL, SagaStatus, saga_key
-from toolkit.supervision import Health, LoopHealth
+from toolkit.saga.messages import Action, SagaCommand, SagaStarted
+from toolkit.saga.state import TERMINAL, saga_key
+from toolkit.saga.step_records import Output, publish_outputs
 
-__all__ = ["SagaClient", "SagaWatchdog"]
-
-log = logging.getLogger(__name__)
-
-
-def publish_outputs(
-    transactions: TransactionalProducer, publisher: EventPublisher, outputs: Sequence[Output]
-) -> None:
-    """Publish messages to their topics in one transaction."""
-    with transactions.begin() as transaction:
-        publisher.publish_routed_in(transaction, outputs)
-        transaction.commit()
+__all__ = ["SagaClient"]
 
 
 class SagaClient:
@@ -141,103 +109,3 @@ class SagaClient:
                     sagas=sorted(pending)[:10],
                 )
             time.sleep(poll_interval)
-
-
-class SagaWatchdog:
-    """Fails steps that got no reply in time, so their sagas compensate."""
-
-    def __init__(
-        self,
-        definitions: Mapping[str, SagaDefinition],
-        *,
-        steps: SagaStepStore,
-        states: ReadModelStore,
-        state_projection: str,
-        transactions: TransactionalProducer,
-        publisher: EventPublisher,
-        clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
-        namespace: str = "",
-    ) -> None:
-        self._namespace = namespace
-        self._definitions = dict(definitions)
-        self._steps = steps
-        self._states = states
-        self._state_projection = state_projection
-        self._transactions = transactions
-        self._publisher = publisher
-        self._clock_ms = clock_ms
-        self._health = LoopHealth()
-        self.timed_out = 0
-
-    @property
-    def health(self) -> Health:
-        return self._health.current
-
-    def run(self, stop: threading.Event, interval: float = 0.5) -> None:
-        """Check every ``interval`` seconds until ``stop``; backend failures are
-        logged, reported in :attr:`health` and retried, never raised."""
-        while not stop.wait(interval):
-            try:
-                self.check_once()
-            except ConnectorError as exc:
-                self._health.failed(f"{type(exc).__name__}: {exc}")
-                log.warning("saga watchdog: check failed, retrying: %s", exc)
-            else:
-                self._health.recovered()
-
-    def check_once(self) -> list[str]:
-        """Time out every overdue step; returns the ids of the sagas it failed."""
-        now = self._clock_ms()
-        running = self._states.counters(self._state_projection, RUNNING_KEY)
-        failed: list[str] = []
-        outputs: list[Output] = []
-        for saga_id, count in running.items():
-            if count <= 0:
-                continue
-            state = self._states.get(self._state_projection, saga_key(saga_id))
-            found = self._overdue(state, now)
-            if found is None:
-                continue
-            decided = self._time_out(*found)
-            if decided:
-                outputs.extend(decided)
-                failed.append(saga_id)
-        if outputs:
-            publish_outputs(self._transactions, self._publisher, outputs)
-            self.timed_out += len(failed)
-        return failed
-
-    def _overdue(
-        self, state: dict[str, Any] | None, now: int
-    ) -> tuple[SagaDefinition, str, str, dict[str, str]] | None:
-        if state is None or state["status"] != SagaStatus.RUNNING.value:
-            return None
-        if state["compensating"] or state["current"] is None:
-            return None
-        definition = self._definitions.get(state["saga_type"])
-        if definition is None:
-            return None
-        step = definition.step(state["current"])
-        if now < int(state["step_started_ms"]) + step.timeout * 1000:
-            return None
-        return definition, state["saga_id"], step.name, dict(state["context"])
-
-    def _time_out(
-        self, definition: SagaDefinition, saga_id: str, step_name: str, context: dict[str, str]
-    ) -> list[Output]:
-        step = definition.step(step_name)
-        error = f"no reply within {step.timeout:g}s (timed out by a watchdog)"
-        outputs = failure_outputs(definition, step, saga_id, context, error)
-        recorded, stored = self._steps.record_once(
-            f"{self._namespace}{step.participant}",
-            dedup_key(saga_id, step.name, Action.EXECUTE),
-            [],
-            outputs_document(Outcome.FAILURE, outputs, by="watchdog"),
-        )
-        if recorded:
-            log.warning("saga %s: step %s timed out; compensating", saga_id, step.name)
-            return outputs
-        if stored.get("by") == "watchdog":
-            # Recorded by a watchdog that may have died before publishing: again (idempotent).
-            return stored_outputs(stored)
-        return []  # the step ran: its reply is on its way

@@ -125,8 +125,6 @@ class _SagaFile(BaseModel):
     sagas: dict[Name, SagaBody]
 
 
-
-
 def parse_saga_definitions(
     text: str, source: str = "<string>", environ: Mapping[str, str] | None = None
 ) -> dict[str, SagaDefinition]:

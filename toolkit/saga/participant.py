@@ -1,7 +1,8 @@
 """Saga participants: perform a step once in effect, reply and pass the saga on.
 
-A :class:`SagaParticipant` is one member of the consumer group
-``saga-<participant>`` reading the participant's command topics. Per poll:
+A :class:`SagaParticipant` is one member of the participant's consumer group
+(``kct.<deployment>.saga.<saga type>.<namespace><participant>``, see
+:func:`toolkit.runtime.app.saga_group`) reading its command topics. Per poll:
 
 1. for each command, look up its dedup record (saga id + step + action): if
    present, the step was already decided: re-publish what was stored;
@@ -45,12 +46,10 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from toolkit.dead_letter import DeadLetterQueue
-from toolkit.envelope import ConsumedEvent, Envelope
-from toolkit.envelope_json import envelope_from_document, envelope_to_document
-from toolkit.errors import ConfigurationError, ConnectorError, ToolkitError
+from toolkit.envelope import ConsumedEvent
+from toolkit.errors import ConfigurationError, ConnectorError, StepFailed
 from toolkit.hlc import HybridLogicalClock
 from toolkit.ports import (
     EventCodec,
@@ -72,25 +71,24 @@ from toolkit.saga.messages import (
     SagaCompensationFailed,
     SagaReply,
 )
+from toolkit.saga.step_records import (
+    Output,
+    compensate_before,
+    dedup_key,
+    failure_outputs,
+    outputs_document,
+    stored_outputs,
+)
 from toolkit.supervision import Backoff, Health, LoopHealth
 
 __all__ = [
-    "Output",
     "SagaParticipant",
     "StepAction",
     "StepContext",
     "StepFailed",
-    "compensate_before",
-    "dedup_key",
-    "failure_outputs",
-    "outputs_document",
 ]
 
 log = logging.getLogger(__name__)
-
-
-class StepFailed(ToolkitError):
-    """A step cannot be done for a business reason (out of stock, card declined)."""
 
 
 @dataclass(frozen=True)
@@ -106,24 +104,6 @@ class StepContext:
 
 
 StepAction = Callable[[StepContext, ReadModelBatch], Mapping[str, str] | None]
-Output = tuple[str, Envelope]  # (topic, message)
-
-
-def dedup_key(saga_id: str, step: str, action: Action) -> str:
-    return f"{saga_id}/{step}/{action.value}"
-
-
-def outputs_document(outcome: Outcome, outputs: Sequence[Output], **extra: Any) -> dict[str, Any]:
-    """What a dedup record stores: the outcome and the messages to (re-)publish."""
-    return {
-        "outcome": outcome.value,
-        "outputs": [{"topic": t, "event": envelope_to_document(e)} for t, e in outputs],
-        **extra,
-    }
-
-
-def stored_outputs(record: Mapping[str, Any]) -> list[Output]:
-    return [(o["topic"], envelope_from_document(o["event"])) for o in record["outputs"]]
 
 
 class SagaParticipant:
@@ -434,31 +414,3 @@ class SagaParticipant:
 
     def close(self) -> None:
         self._reader.close()
-
-
-def failure_outputs(
-    definition: SagaDefinition,
-    step: SagaStep,
-    saga_id: str,
-    context: Mapping[str, str],
-    error: str | None,
-) -> list[Output]:
-    """The reply of a failed (or timed-out) EXECUTE and the compensation it starts."""
-    reply = SagaReply(
-        saga_id, definition.saga_type, step.name, Action.EXECUTE, Outcome.FAILURE, {}, error
-    )
-    return [
-        (definition.reply_topic, reply.to_envelope()),
-        *compensate_before(definition, step, context, saga_id),
-    ]
-
-
-def compensate_before(
-    definition: SagaDefinition, step: SagaStep, context: Mapping[str, str], saga_id: str
-) -> list[Output]:
-    """The COMPENSATE command of the step before ``step`` (none for the first)."""
-    previous = definition.before(step.name)
-    if previous is None:
-        return []
-    command = SagaCommand(saga_id, definition.saga_type, previous.name, Action.COMPENSATE, context)
-    return [(definition.command_topic(previous.participant), command.to_envelope())]

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Generic, TypeVar
 
-from toolkit.errors import ConsistencyError, ConsistencyTimeout
+from toolkit.errors import ConfigurationError, ConsistencyError, ConsistencyTimeout
 from toolkit.ports import EventPositionIndex, PositionListener
 from toolkit.positions import ConsistencyToken, Position, TopicPartition
 from toolkit.tracker import ProjectionTracker
@@ -177,7 +177,7 @@ class ReadAfterWrite:
         timeout: float | timedelta = 5.0,
     ) -> None:
         if not projections:
-            raise ValueError("ReadAfterWrite needs the projections its queries read")
+            raise ConfigurationError("ReadAfterWrite needs the projections its queries read")
         self._consistency = consistency
         self._projections = list(projections)
         self._timeout = timeout

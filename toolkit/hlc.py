@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from toolkit.errors import SerializationError
+from toolkit.errors import ConfigurationError, SerializationError
 
 __all__ = ["HLCTimestamp", "HybridLogicalClock"]
 
@@ -54,7 +54,9 @@ class HybridLogicalClock:
 
     def __init__(self, node: str, wall_clock_ms: Callable[[], int] = _wall_clock_ms) -> None:
         if not node or ":" in node:
-            raise ValueError("an HLC node id must be non-empty and contain no ':'")
+            raise ConfigurationError(
+                "an HLC node id must be non-empty and contain no ':'", node=node
+            )
         self.node = node
         self._wall_clock_ms = wall_clock_ms
         self._wall = 0

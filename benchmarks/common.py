@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from connectors.kafka import KafkaSettings
 from connectors.redis import RedisSettings
 from connectors.zookeeper import ZooKeeperSettings
+from toolkit.config import DEFAULT_ZOOKEEPER_HOSTS
 from toolkit.dead_letter import dead_letter_topic
 from toolkit.envelope import Envelope
 from toolkit.runtime.app import Kct, KctSettings
@@ -30,7 +31,7 @@ class Endpoints:
     kafka_bootstrap: str
     redis_url: str
     local_stack: bool
-    zookeeper_hosts: str = "127.0.0.1:12181"
+    zookeeper_hosts: str = DEFAULT_ZOOKEEPER_HOSTS
 
 
 def endpoints() -> Endpoints:
@@ -61,7 +62,7 @@ def make_kct(bootstrap: str, redis_url: str, role: str, zookeeper_hosts: str | N
             kafka=KafkaSettings(bootstrap_servers=bootstrap, client_id=f"kct-bench-{role}"),
             redis=RedisSettings(url=redis_url),
             zookeeper=ZooKeeperSettings(
-                hosts=zookeeper_hosts or "127.0.0.1:12181", lock_root=f"/kct-bench/{RUN_ID}"
+                hosts=zookeeper_hosts or DEFAULT_ZOOKEEPER_HOSTS, lock_root=f"/kct-bench/{RUN_ID}"
             ),
             node_id=f"bench-{role}-{os.getpid()}",
         )

@@ -61,22 +61,32 @@ from toolkit.yaml_source import (
 )
 
 __all__ = [
+    "DEFAULT_CLIENT_ID",
     "DEFAULT_DEPLOYMENT",
+    "DEFAULT_KAFKA_BOOTSTRAP",
+    "DEFAULT_LOCK_ROOT",
+    "DEFAULT_REDIS_URL",
+    "DEFAULT_ZOOKEEPER_HOSTS",
+    "DEFAULT_ZOOKEEPER_SESSION_TIMEOUT",
+    "LOCAL_PORTS",
     "MAX_FILE_BYTES",
     "ConflictPolicy",
     "ConsistencyConfig",
     "KafkaConfig",
     "KafkaTlsConfig",
     "KctConfig",
+    "LockAcl",
     "RedisConfig",
     "SaslConfig",
     "StrongRule",
     "TlsConfig",
+    "ZnodePath",
     "ZooKeeperAuth",
     "ZooKeeperConfig",
     "is_secret_name",
     "load_config",
     "parse_config",
+    "resolve_lock_acl",
 ]
 
 Strategy = Literal[
@@ -85,6 +95,15 @@ Strategy = Literal[
 WINNERS: tuple[Strategy, ...] = ("last_write_wins", "first_write_wins", "merge", "reject")
 MAX_FILE_BYTES = 1024 * 1024  # kct.yaml is a few kB; a bigger file is a mistake or an attack
 DEFAULT_DEPLOYMENT = "default"
+# The local stack's ports (`kct stack up`, port offset 0), and from them the one
+# default of each connection setting (kct.yaml, connectors' settings, the stack).
+LOCAL_PORTS = {"kafka": 19092, "zookeeper": 12181, "redis": 16379}
+DEFAULT_KAFKA_BOOTSTRAP = f"127.0.0.1:{LOCAL_PORTS['kafka']}"
+DEFAULT_ZOOKEEPER_HOSTS = f"127.0.0.1:{LOCAL_PORTS['zookeeper']}"
+DEFAULT_REDIS_URL = f"redis://127.0.0.1:{LOCAL_PORTS['redis']}/0"
+DEFAULT_LOCK_ROOT = "/kct/locks"
+DEFAULT_CLIENT_ID = "kct"
+DEFAULT_ZOOKEEPER_SESSION_TIMEOUT = 10.0
 _SASL_PROTOCOLS = ("SASL_PLAINTEXT", "SASL_SSL")
 _TLS_PROTOCOLS = ("SSL", "SASL_SSL")
 # librdkafka keys the typed fields own: `extra` may not set them (one source of truth).
@@ -244,7 +263,7 @@ class KafkaConfig(_Model):
     """Where Kafka is and how to authenticate; ``extra`` passes raw librdkafka options."""
 
     bootstrap_servers: HostPorts
-    client_id: NonEmpty = "kct"
+    client_id: NonEmpty = DEFAULT_CLIENT_ID
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl: SaslConfig | None = Field(default=None, validate_default=True)
     tls: KafkaTlsConfig | None = None
@@ -322,35 +341,54 @@ class ZooKeeperAuth(_Model):
     password: Secret
 
 
-class ZooKeeperConfig(_Model):
-    """The lock service. ``lock_acl`` defaults to ``creator_all`` with ``auth``, else ``open``."""
+LockAcl = Literal["creator_all", "open"]
 
-    hosts: HostPorts = "127.0.0.1:12181"
-    lock_root: ZnodePath = "/kct/locks"
-    session_timeout: Seconds = 10.0
+
+def resolve_lock_acl(acl: LockAcl | None, has_auth: bool) -> LockAcl:
+    """The ACL of lock znodes, one rule for ``kct.yaml`` and ``ZooKeeperSettings``.
+
+    The default is the safe one: ``creator_all`` (only this identity may read or
+    delete the nodes) whenever there is an identity, i.e. digest auth; ``open``
+    only without auth, where ZooKeeper has no identity to restrict them to.
+    An explicit ``creator_all`` without auth is refused, never silently open.
+    """
+    if acl is None:
+        return "creator_all" if has_auth else "open"
+    if acl == "creator_all" and not has_auth:
+        raise _invalid("creator_all needs zookeeper.auth (or set lock_acl: open)")
+    return acl
+
+
+class ZooKeeperConfig(_Model):
+    """The lock service. ``lock_acl`` defaults to ``creator_all`` with ``auth``, else
+    ``open`` (:func:`resolve_lock_acl`)."""
+
+    hosts: HostPorts = DEFAULT_ZOOKEEPER_HOSTS
+    lock_root: ZnodePath = DEFAULT_LOCK_ROOT
+    session_timeout: Seconds = DEFAULT_ZOOKEEPER_SESSION_TIMEOUT
     auth: ZooKeeperAuth | None = None
-    lock_acl: Literal["creator_all", "open"] = "open"
+    lock_acl: LockAcl = "open"
     tls: TlsConfig | None = None
 
     @model_validator(mode="before")
     @classmethod
     def _default_acl(cls, data: Any) -> Any:
-        if isinstance(data, Mapping) and "lock_acl" not in data and data.get("auth") is not None:
-            return {**data, "lock_acl": "creator_all"}
+        if isinstance(data, Mapping) and "lock_acl" not in data:
+            return {**data, "lock_acl": resolve_lock_acl(None, data.get("auth") is not None)}
         return data
 
     @field_validator("lock_acl")
     @classmethod
-    def _creator_needs_auth(cls, acl: str, info: ValidationInfo) -> str:
-        if acl == "creator_all" and "auth" in info.data and info.data["auth"] is None:
-            raise _invalid("creator_all needs zookeeper.auth (or set lock_acl: open)")
-        return acl
+    def _creator_needs_auth(cls, acl: LockAcl, info: ValidationInfo) -> LockAcl:
+        if "auth" not in info.data:  # auth itself is invalid: reported there
+            return acl
+        return resolve_lock_acl(acl, info.data["auth"] is not None)
 
 
 class RedisConfig(_Model):
     """Where Redis is. Credentials live in ``username``/``password``, never in the URL."""
 
-    url: RedisUrl = "redis://127.0.0.1:16379/0"
+    url: RedisUrl = DEFAULT_REDIS_URL
     username: NonEmpty | None = None
     password: Secret | None = None
     tls: TlsConfig | None = None

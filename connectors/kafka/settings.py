@@ -1,9 +1,12 @@
 """Connection settings for Kafka clients.
 
-Typed and frozen; environment variables are read only by :meth:`from_env`, at
-the edge. Raw librdkafka options pass through ``extra`` unchanged (they win
-over the toolkit's defaults, except the ones a guarantee depends on, which
-each client pins and documents).
+Typed and frozen; built from kct.yaml's ``kafka`` section by
+:meth:`KafkaSettings.from_config`, or from the environment by :meth:`from_env`
+(at the edge). Defaults come from :mod:`toolkit.config`, the one place for
+them. Raw librdkafka options pass through ``extra`` unchanged (they win over
+the toolkit's defaults, except the ones a guarantee depends on, which each
+client pins and documents); options whose name marks a secret
+(:func:`~toolkit.config.is_secret_name`) live in ``secrets``, masked.
 """
 
 from __future__ import annotations
@@ -14,10 +17,12 @@ from collections.abc import Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from toolkit.config import DEFAULT_CLIENT_ID, DEFAULT_KAFKA_BOOTSTRAP, KafkaConfig, is_secret_name
+
 __all__ = ["DEFAULT_BOOTSTRAP", "KafkaSettings"]
 
 # The local stack's broker (`kct stack up`).
-DEFAULT_BOOTSTRAP = "127.0.0.1:19092"
+DEFAULT_BOOTSTRAP = DEFAULT_KAFKA_BOOTSTRAP
 
 _LIBRDKAFKA_LOG = logging.getLogger("kct.kafka")
 
@@ -28,11 +33,28 @@ class KafkaSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     bootstrap_servers: str = DEFAULT_BOOTSTRAP
-    client_id: str = "kct"
+    client_id: str = DEFAULT_CLIENT_ID
     extra: Mapping[str, str | int | float | bool] = Field(default_factory=dict)
     # librdkafka options holding secrets (sasl.password, ssl.key.password):
     # masked in repr and errors, unmasked only in client_config().
     secrets: Mapping[str, SecretStr] = Field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, config: KafkaConfig) -> KafkaSettings:
+        """Settings from kct.yaml's ``kafka`` section, credentials included.
+
+        Every option whose name marks a secret (``sasl.password``,
+        ``ssl.key.password``, an ``extra`` such as ``ssl.key.pem``) goes to
+        ``secrets``, so ``repr`` and errors never show it.
+        """
+        options = config.librdkafka_config()
+        bootstrap, client_id = options.pop("bootstrap.servers"), options.pop("client.id")
+        return cls(
+            bootstrap_servers=str(bootstrap),
+            client_id=str(client_id),
+            extra={k: v for k, v in options.items() if not is_secret_name(k)},
+            secrets={k: SecretStr(str(v)) for k, v in options.items() if is_secret_name(k)},
+        )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> KafkaSettings:

@@ -1,6 +1,9 @@
 """Connection settings for Redis.
 
-Typed and frozen; the environment is read only by :meth:`RedisSettings.from_env`.
+Typed and frozen; built from kct.yaml's ``redis`` section by
+:meth:`RedisSettings.from_config`, or from the environment by
+:meth:`RedisSettings.from_env` (at the edge). The default URL is
+:data:`toolkit.config.DEFAULT_REDIS_URL`.
 The URL may hold a password (``redis://:secret@host:port/0``): it is never
 shown in errors or logs (see :meth:`RedisSettings.safe_url`).
 """
@@ -14,10 +17,9 @@ from urllib.parse import urlsplit, urlunsplit
 import redis
 from pydantic import BaseModel, ConfigDict, SecretStr
 
-__all__ = ["DEFAULT_REDIS_URL", "RedisSettings"]
+from toolkit.config import DEFAULT_REDIS_URL, RedisConfig
 
-# The local stack's Redis (`kct stack up`).
-DEFAULT_REDIS_URL = "redis://127.0.0.1:16379/0"
+__all__ = ["DEFAULT_REDIS_URL", "RedisSettings"]
 
 
 class RedisSettings(BaseModel):
@@ -34,6 +36,20 @@ class RedisSettings(BaseModel):
     cert_file: str | None = None
     key_file: str | None = None
     verify_hostname: bool = True
+
+    @classmethod
+    def from_config(cls, config: RedisConfig) -> RedisSettings:
+        """Settings from kct.yaml's ``redis`` section (``rediss://`` when it has ``tls``)."""
+        tls = config.tls
+        return cls(
+            url=config.redis_url(),
+            username=config.username,
+            password=config.password,
+            ca_file=tls.ca_file if tls else None,
+            cert_file=tls.cert_file if tls else None,
+            key_file=tls.key_file if tls else None,
+            verify_hostname=tls.verify_hostname if tls else True,
+        )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> RedisSettings:

@@ -1,29 +1,40 @@
 """Connection settings for ZooKeeper, the lock service of strong aggregates.
 
-Typed and frozen; the environment is read only by
-:meth:`ZooKeeperSettings.from_env`. The digest password is a ``SecretStr``:
-it never shows in ``repr``, in validation errors (inputs are hidden) or in
-the toolkit's errors, which name only ``hosts``.
+Typed and frozen; built from kct.yaml's ``zookeeper`` section by
+:meth:`ZooKeeperSettings.from_config`, or from the environment by
+:meth:`ZooKeeperSettings.from_env` (at the edge). Defaults and the rules for
+``lock_root`` and ``lock_acl`` are :mod:`toolkit.config`'s, the one place for
+them. The digest password is a ``SecretStr``: it never shows in ``repr``, in
+validation errors (inputs are hidden) or in the toolkit's errors, which name
+only ``hosts``.
 
-``lock_acl="creator_all"`` takes effect only with digest auth: every node the
-lock service creates (the per-aggregate lock node, its contenders and any
-missing ancestor of ``lock_root``) is then readable and deletable by this
-identity only. Create shared ancestors of ``lock_root`` beforehand if other
-identities need them. Without auth, nodes get ZooKeeper's open ACL.
+``lock_acl`` defaults to ``creator_all`` with digest auth, else ``open``
+(:func:`~toolkit.config.resolve_lock_acl`; ``creator_all`` without auth is
+refused). With ``creator_all`` every node the lock service creates (the
+per-aggregate lock node, its contenders and any missing ancestor of
+``lock_root``) is readable and deletable by this identity only. Create shared
+ancestors of ``lock_root`` beforehand if other identities need them.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-__all__ = ["DEFAULT_ZOOKEEPER_HOSTS", "ZooKeeperSettings"]
+from toolkit.config import (
+    DEFAULT_LOCK_ROOT,
+    DEFAULT_ZOOKEEPER_HOSTS,
+    DEFAULT_ZOOKEEPER_SESSION_TIMEOUT,
+    LockAcl,
+    ZnodePath,
+    ZooKeeperConfig,
+    resolve_lock_acl,
+)
 
-# The local stack's ZooKeeper (`kct stack up`).
-DEFAULT_ZOOKEEPER_HOSTS = "127.0.0.1:12181"
+__all__ = ["DEFAULT_ZOOKEEPER_HOSTS", "ZooKeeperSettings"]
 
 
 class ZooKeeperSettings(BaseModel):
@@ -32,16 +43,24 @@ class ZooKeeperSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
     hosts: str = DEFAULT_ZOOKEEPER_HOSTS
-    lock_root: str = "/kct/locks"
-    session_timeout: float = Field(default=10.0, gt=0)
+    lock_root: ZnodePath = DEFAULT_LOCK_ROOT
+    session_timeout: float = Field(default=DEFAULT_ZOOKEEPER_SESSION_TIMEOUT, gt=0)
     connect_timeout: float = Field(default=5.0, gt=0)
     auth_username: str | None = None
     auth_password: SecretStr | None = None
-    lock_acl: Literal["creator_all", "open"] = "creator_all"
+    lock_acl: LockAcl = "open"  # without auth; see _default_acl
     use_tls: bool = False
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_acl(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and data.get("lock_acl") is None:
+            has_auth = data.get("auth_username") is not None
+            return {**data, "lock_acl": resolve_lock_acl(None, has_auth)}
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> ZooKeeperSettings:
@@ -51,10 +70,25 @@ class ZooKeeperSettings(BaseModel):
             raise ValueError("auth_username must not contain ':'")
         if not self.use_tls and any((self.ca_file, self.cert_file, self.key_file)):
             raise ValueError("ca_file, cert_file and key_file need use_tls=True")
-        root = self.lock_root
-        if not root.startswith("/") or root.endswith("/") or "//" in root:
-            raise ValueError("lock_root must be an absolute znode path like /kct/locks")
+        resolve_lock_acl(self.lock_acl, self.auth_username is not None)
         return self
+
+    @classmethod
+    def from_config(cls, config: ZooKeeperConfig) -> ZooKeeperSettings:
+        """Settings from kct.yaml's ``zookeeper`` section, credentials included."""
+        auth, tls = config.auth, config.tls
+        return cls(
+            hosts=config.hosts,
+            lock_root=config.lock_root,
+            session_timeout=config.session_timeout,
+            auth_username=auth.username if auth else None,
+            auth_password=auth.password if auth else None,
+            lock_acl=config.lock_acl,
+            use_tls=tls is not None,
+            ca_file=tls.ca_file if tls else None,
+            cert_file=tls.cert_file if tls else None,
+            key_file=tls.key_file if tls else None,
+        )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ZooKeeperSettings:

@@ -21,8 +21,6 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from pydantic import SecretStr
-
 from connectors.avro import AvroCodec, AvroSchemaRegistry, bundled_schema_dir
 from connectors.kafka import KafkaAdmin, KafkaRecordConsumer, KafkaRecordProducer, KafkaSettings
 from connectors.kafka.transactions import KafkaTransactionalProducer
@@ -98,43 +96,13 @@ class KctSettings:
 
     @classmethod
     def from_config(cls, config: KctConfig) -> KctSettings:
-        """Connections (with their credentials) from a loaded ``kct.yaml``."""
-        kafka_options = config.kafka.librdkafka_config()
-        secret_keys = {"sasl.password", "ssl.key.password"}
-        kafka = KafkaSettings(
-            bootstrap_servers=str(kafka_options.pop("bootstrap.servers")),
-            client_id=str(kafka_options.pop("client.id")),
-            extra={k: v for k, v in kafka_options.items() if k not in secret_keys},
-            secrets={k: SecretStr(str(v)) for k, v in kafka_options.items() if k in secret_keys},
-        )
-        rc = config.redis
-        redis = RedisSettings(
-            url=rc.redis_url(),
-            username=rc.username,
-            password=rc.password,
-            ca_file=rc.tls.ca_file if rc.tls else None,
-            cert_file=rc.tls.cert_file if rc.tls else None,
-            key_file=rc.tls.key_file if rc.tls else None,
-            verify_hostname=rc.tls.verify_hostname if rc.tls else True,
-        )
-        zc = config.zookeeper
-        zookeeper = ZooKeeperSettings(
-            hosts=zc.hosts,
-            lock_root=zc.lock_root,
-            session_timeout=zc.session_timeout,
-            auth_username=zc.auth.username if zc.auth else None,
-            auth_password=zc.auth.password if zc.auth else None,
-            lock_acl=zc.lock_acl,
-            use_tls=zc.tls is not None,
-            ca_file=zc.tls.ca_file if zc.tls else None,
-            cert_file=zc.tls.cert_file if zc.tls else None,
-            key_file=zc.tls.key_file if zc.tls else None,
-        )
+        """Connections (with their credentials) from a loaded ``kct.yaml``: each
+        connector's settings build themselves from their section."""
         node_id = f"{config.service}-{_default_node_id()}"
         return cls(
-            kafka=kafka,
-            redis=redis,
-            zookeeper=zookeeper,
+            kafka=KafkaSettings.from_config(config.kafka),
+            redis=RedisSettings.from_config(config.redis),
+            zookeeper=ZooKeeperSettings.from_config(config.zookeeper),
             node_id=node_id,
             deployment=config.deployment,
         )

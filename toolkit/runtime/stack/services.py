@@ -32,6 +32,7 @@ from typing import ClassVar
 from connectors.kafka.probe import kafka_ready
 from connectors.redis.probe import redis_ready
 from connectors.zookeeper.probe import zookeeper_ready
+from toolkit.config import LOCAL_PORTS
 from toolkit.errors import ConfigurationError, StackError
 from toolkit.runtime.stack import provision as prov
 from toolkit.runtime.stack.process import port_open, tail
@@ -43,11 +44,11 @@ _MAX_PORT = 65535
 class StackPorts:
     """Every TCP port of the stack (defaults = offset 0), all on 127.0.0.1."""
 
-    kafka: int = 19092
+    kafka: int = LOCAL_PORTS["kafka"]
     kafka_controller: int = 19093
     kafka_sasl: int = 19094
-    zookeeper: int = 12181
-    redis: int = 16379
+    zookeeper: int = LOCAL_PORTS["zookeeper"]
+    redis: int = LOCAL_PORTS["redis"]
     otlp_grpc: int = 4317
     otlp_http: int = 4318
     jaeger_query: int = 16686

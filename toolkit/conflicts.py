@@ -106,8 +106,10 @@ Failure modes:
   ``reorder_max_buffer`` expires its oldest gap at once. An event of the gap
   arriving later is rejected ``already_applied_sequence``. In event time a
   gap on a partition that receives nothing more stays open: the caller may
-  expire it by the wall clock (the runner does, on an idle partition), a
-  decision a rebuild does not repeat.
+  expire it by the wall clock. The projection runner does not do so
+  directly: it writes a gap tick to the idle partition (``due`` says when)
+  and expires when it reads the tick back, so a rebuild repeats the
+  decision at the same place in the log.
 * A merge function that raises, or returns something other than an envelope
   of the event's aggregate whose payload JSON can hold: that event is
   rejected ``merge_error`` (``Resolution.error_of`` says why), the earlier
@@ -699,6 +701,17 @@ class ConflictResolver:
         updated = {**clock, "due": due, "policies": self._fingerprint}
         if updated != clock:
             state.put(CLOCK_KEY, updated)
+
+    def due(self, state: ConflictState, now_ms: int) -> bool:
+        """Whether :meth:`expire` at ``now_ms`` would close a gap (changes nothing)."""
+        if self._not_due(state.get(CLOCK_KEY), now_ms):
+            return False
+        for entry, oldest in _ReorderIndex(state).entries().items():
+            pipeline = self._pipeline(_parse_index_entry(entry)[0])
+            reorder = next((s for s in pipeline if isinstance(s, Reorder)), None)
+            if reorder is None or now_ms - oldest >= reorder.max_wait_ms:
+                return True
+        return False
 
     def expire(self, state: ConflictState, now_ms: int | None = None) -> list[Resolution]:
         """Report and close every gap whose oldest buffered event waited its policy's limit.

@@ -48,12 +48,13 @@ Headers = tuple[tuple[str, bytes], ...]
 
 @dataclass(frozen=True, slots=True)
 class OutgoingRecord:
-    """A record to be written: its key decides the partition."""
+    """A record to be written: its key decides the partition, unless one is named."""
 
     topic: str
     key: bytes | None
     value: bytes | None
     headers: Headers = ()
+    partition: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -58,7 +58,7 @@ from typing import Any
 from toolkit.conflicts import STATE_PREFIX, ConflictResolver, Reason, Resolution
 from toolkit.dead_letter import DeadLetterQueue
 from toolkit.envelope import ConsumedEvent, Envelope
-from toolkit.errors import ConnectorError
+from toolkit.errors import ConnectorError, SerializationError
 from toolkit.hlc import HybridLogicalClock
 from toolkit.ports import (
     FROM_BEGINNING,
@@ -69,12 +69,14 @@ from toolkit.ports import (
     RecordConsumer,
 )
 from toolkit.positions import TopicPartition
+from toolkit.publisher import EventPublisher
 from toolkit.read_model import ReadModelBatch
 from toolkit.reader import EventReader
 from toolkit.supervision import Backoff, Health, LoopHealth
 
 __all__ = [
     "FENCE_KEY_PREFIX",
+    "GAP_TICK",
     "Handler",
     "PartitionState",
     "Projection",
@@ -200,6 +202,12 @@ def record_from_source(source: Mapping[str, Any] | None) -> ConsumedRecord | Non
 
 log = logging.getLogger(__name__)
 
+# The control event a runner writes to an idle partition whose reorder gap is
+# overdue by the wall clock: read back, its timestamp closes the gap there, so
+# every replay and rebuild decides at the same place in the log.
+GAP_TICK = "kct.control.GapTick"
+GAP_TICK_AGGREGATE_TYPE = "kct.control"
+
 # A believed stored offset that is not known (never a real offset).
 _UNKNOWN = -1
 
@@ -252,6 +260,8 @@ class RunnerStats:
     store_rewinds: int = 0
     # Cycles that failed on a backend and were retried.
     failed_cycles: int = 0
+    # Gap ticks written to idle partitions (see _send_gap_tick).
+    gap_ticks: int = 0
     owned: set[TopicPartition] = field(default_factory=set)
 
 
@@ -277,6 +287,7 @@ class ProjectionRunner:
         audit_entries: int = 50,
         expiry_interval: float = 0.25,
         idle_expiry: float | None = 5.0,
+        gap_ticks: EventPublisher | None = None,
     ) -> None:
         self.projection = projection
         self.stats = RunnerStats()
@@ -311,6 +322,10 @@ class ProjectionRunner:
         # the wall clock. _quiet_since: when each owned partition last read.
         self._idle_expiry = idle_expiry
         self._quiet_since: dict[TopicPartition, float] = {}
+        # Where an idle partition's wall-clock decision is written as a gap tick
+        # (None: decide directly, which a rebuild may not reproduce).
+        self._gap_ticks = gap_ticks
+        self._next_tick: dict[TopicPartition, float] = {}
         self._stopping = threading.Event()
         self._reader.subscribe(projection.topics, self._on_assign, self._on_revoke)
 
@@ -661,8 +676,11 @@ class ProjectionRunner:
         Gaps close in event time while records are read (:meth:`_resolve`).
         A partition that read nothing in this process for ``idle_expiry``
         seconds (not one catching up on a backlog, whose records keep coming)
-        takes the wall clock as its event time. That one decision is not in
-        the log: a rebuild that reads the gap's event later fills the gap.
+        takes the wall clock as its event time. With ``gap_ticks`` that
+        decision is written into the log as a gap tick and taken when the tick
+        is read back, so a replay or a rebuild decides at the same place;
+        without, it is taken here and a rebuild that reads the gap's event
+        later fills the gap instead.
         """
         resolver = self._resolver
         assert resolver is not None
@@ -683,7 +701,13 @@ class ProjectionRunner:
             if now - quiet.setdefault(tp, now) < self._idle_expiry:
                 continue  # not idle long enough
             state = PartitionState(batch, tp)
-            resolutions = resolver.expire(state, max(resolver.event_time(state), wall_ms))
+            wall_now = max(resolver.event_time(state), wall_ms)
+            if self._gap_ticks is not None:
+                # Decide when the tick is read back, at its place in the log.
+                if resolver.due(state, wall_now) and now >= self._next_tick.get(tp, 0.0):
+                    self._send_gap_tick(tp, wall_ms, now)
+                continue
+            resolutions = resolver.expire(state, wall_now)
             for resolution in resolutions:
                 applied += self._settle(resolution, None, batch)
             state.flush()
@@ -691,6 +715,39 @@ class ProjectionRunner:
                 offsets[tp] = stored  # same offsets: the store step still checks ownership
         self.stats.applied += applied
         return applied
+
+    def _send_gap_tick(self, tp: TopicPartition, wall_ms: int, now: float) -> None:
+        """Write a gap tick to ``tp``: its timestamp closes the overdue gaps when read."""
+        assert self._gap_ticks is not None and self._idle_expiry is not None
+        self._next_tick[tp] = now + max(self._idle_expiry, 1.0)
+        tick = Envelope(
+            GAP_TICK,
+            GAP_TICK_AGGREGATE_TYPE,
+            f"{tp.topic}[{tp.partition}]",
+            0,
+            {
+                "partition": tp.partition,
+                "projection": self.projection.name,
+                "written_at_ms": wall_ms,
+            },
+        )
+        try:
+            self._gap_ticks.publish_to_partition(tp.topic, tp.partition, tick)
+        except SerializationError as exc:  # the codec has no GapTick schema
+            log.warning(
+                "%s: cannot write gap ticks (%s); idle gaps close by the wall clock, "
+                "which a rebuild may not reproduce",
+                self.projection.name,
+                exc,
+            )
+            self._gap_ticks = None
+            return
+        except ConnectorError as exc:
+            log.warning(
+                "%s: gap tick to %s not written (retrying): %s", self.projection.name, tp, exc
+            )
+            return
+        self.stats.gap_ticks += 1
 
     def _admit_fence(self, event: ConsumedEvent, batch: ReadModelBatch) -> bool:
         """Apply a strong write only if no newer lock holder has written its aggregate.

@@ -77,6 +77,14 @@ class EventPublisher:
         self.index(published)
         return published
 
+    def publish_to_partition(self, topic: str, partition: int, event: Envelope) -> PublishedEvent:
+        """Write one event to a named partition (not the one its key would pick):
+        for control events about a partition, such as gap ticks."""
+        (stamped,), (record,) = self._encode([(topic, event)])
+        placed = OutgoingRecord(record.topic, record.key, record.value, record.headers, partition)
+        (published,) = self._published([stamped], self._producer.produce([placed]))
+        return published
+
     def publish_in(
         self,
         transaction: RecordTransaction,

@@ -126,6 +126,8 @@ class KafkaRecordProducer:
                     key=record.key,
                     headers=list(record.headers),
                     on_delivery=on_delivery,
+                    # librdkafka's RD_KAFKA_PARTITION_UA (-1): let the key decide.
+                    partition=-1 if record.partition is None else record.partition,
                 )
                 return
             except BufferError:

@@ -282,6 +282,7 @@ class KafkaTransaction:
                         key=record.key,
                         headers=list(record.headers),
                         on_delivery=batch.callback(index),
+                        partition=-1 if record.partition is None else record.partition,
                     )
                     break
                 except BufferError:

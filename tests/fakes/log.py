@@ -8,7 +8,7 @@ last stable offset from the high watermark.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from toolkit.errors import PublishError
 from toolkit.ports import (
@@ -34,6 +34,8 @@ class InMemoryLog:
         self.max_record_bytes: int | None = None
         # Records of open transactions per topic: written, not yet committed or aborted.
         self.pending: dict[str, int] = {}
+        # The timestamp given to each record written (like CreateTime); 0 unless set.
+        self.clock_ms: Callable[[], int] = lambda: 0
 
     def produce(self, records: Sequence[OutgoingRecord]) -> list[Position]:
         positions = []
@@ -46,7 +48,7 @@ class InMemoryLog:
                 raise PublishError("too large", topic=record.topic, code="MSG_SIZE_TOO_LARGE")
             log = self.topics.setdefault(record.topic, [])
             stored = ConsumedRecord(
-                record.topic, 0, len(log), record.key, record.value, record.headers, 0
+                record.topic, 0, len(log), record.key, record.value, record.headers, self.clock_ms()
             )
             log.append(stored)
             positions.append(stored.position)

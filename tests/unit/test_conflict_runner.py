@@ -28,7 +28,7 @@ from toolkit.conflicts import STATE_PREFIX, ConflictResolver, ResolverPolicy
 from toolkit.dead_letter import DeadLetter, DeadLetterQueue
 from toolkit.envelope import Envelope
 from toolkit.hlc import HybridLogicalClock
-from toolkit.projection import Projection, ProjectionRunner
+from toolkit.projection import GAP_TICK, Projection, ProjectionRunner
 from toolkit.publisher import EventPublisher
 from toolkit.read_model import ReadModelBatch
 
@@ -297,3 +297,53 @@ def test_the_batch_journal_keeps_one_copy_of_the_dedup_window_per_batch(
     heads = [k for k in puts if k.startswith(STATE_PREFIX) and k.endswith("/account/acct")]
     assert len(heads) == 2  # one per batch of 200 events, not one per event
     assert world.applied() == {"acct": list(range(1, 401))}
+
+
+def test_an_idle_partitions_gap_closes_through_a_tick_in_the_log_so_a_rebuild_decides_alike() -> (
+    None
+):
+    world = World()
+    world.log.clock_ms = lambda: 50_000  # the timestamp the log gives the runner's tick
+    policy = ResolverPolicy(("deduplicate", "reorder"), reorder_max_wait_ms=1_000, on_gap="skip")
+    world.publish(balance_event("acct", 1, 1), timestamp_ms=10_000)
+    world.publish(balance_event("acct", 3, 3), timestamp_ms=10_001)
+    runner = world.runner(
+        ConflictResolver({"account": policy}),
+        idle_expiry=0.0,
+        expiry_interval=0.0,
+        gap_ticks=world.publisher,
+    )
+    world.drain(runner)  # 3 waits; idle, overdue by the wall clock: a tick is written and read
+    assert runner.stats.gap_ticks == 1
+    (tick,) = [r for r in world.log.topics[TOPIC] if r.header("event_type") == GAP_TICK.encode()]
+    assert tick.offset == 2 and tick.timestamp_ms == 50_000
+    assert world.applied() == {"acct": [1, 3]}
+    # The missing event arrives late, then the model is rebuilt from offset 0
+    # by a runner that never decides by the wall clock: it decides alike.
+    world.publish(balance_event("acct", 2, 2), timestamp_ms=60_000)
+    world.drain(runner)
+    live = world.applied()
+    rebuilt_store = InMemoryReadModelStore()
+    world.drain(world.runner(ConflictResolver({"account": policy}), store=rebuilt_store))
+    assert world.applied(rebuilt_store) == live == {"acct": [1, 3]}
+    assert runner.stats.gap_ticks == 1  # the gap closed: no more ticks
+
+
+def test_without_a_gap_tick_schema_the_runner_closes_idle_gaps_directly() -> None:
+    world = World()
+    policy = ResolverPolicy(("deduplicate", "reorder"), reorder_max_wait_ms=1_000, on_gap="skip")
+    world.publish(balance_event("acct", 1, 1), timestamp_ms=10_000)
+    world.publish(balance_event("acct", 3, 3), timestamp_ms=10_001)
+    no_tick_schema = AvroCodec(
+        AvroSchemaRegistry.from_directories(bundled_schema_dir() / "accounts")
+    )
+    publisher = EventPublisher(world.log, no_tick_schema, HybridLogicalClock("runner"))
+    runner = world.runner(
+        ConflictResolver({"account": policy}),
+        idle_expiry=0.0,
+        expiry_interval=0.0,
+        gap_ticks=publisher,
+    )
+    world.drain(runner)
+    assert runner.stats.gap_ticks == 0
+    assert world.applied() == {"acct": [1, 3]}

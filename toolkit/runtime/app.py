@@ -304,11 +304,14 @@ class Kct:
         max_batch: int = 500,
         after_store: Callable[[Mapping[TopicPartition, int]], None] | None = None,
         resolver: ConflictResolver | None = None,
+        idle_expiry: float | None = 5.0,
     ) -> ProjectionRunner:
         """A new member of ``projection``'s consumer group (call ``run`` on a thread).
 
         Events go through ``resolver`` (default: the configuration's conflict
-        policies, if any) before the projection's handlers.
+        policies, if any) before the projection's handlers. A reorder gap on a
+        partition idle for ``idle_expiry`` seconds is closed through a gap tick
+        written to that partition (so a rebuild decides the same way).
         """
         consumer = KafkaRecordConsumer(self.settings.kafka, projection.name)
         return ProjectionRunner(
@@ -322,6 +325,8 @@ class Kct:
             max_batch=max_batch,
             after_store=after_store,
             resolver=resolver if resolver is not None else self.resolver,
+            idle_expiry=idle_expiry,
+            gap_ticks=self.publisher,
         )
 
     def close(self) -> None:

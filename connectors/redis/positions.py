@@ -29,8 +29,8 @@ from datetime import timedelta
 
 import redis
 
+from connectors.redis.errors import map_exceptions
 from connectors.redis.settings import RedisSettings
-from toolkit.errors import StoreError
 from toolkit.positions import Position, TopicPartition
 
 __all__ = ["RedisEventPositionIndex", "RedisPositionListener", "RedisPositionNotifier"]
@@ -68,14 +68,8 @@ class RedisPositionNotifier:
     def publish(
         self, projection: str, offsets: Mapping[TopicPartition, int], *, rewound: bool = False
     ) -> None:
-        try:
+        with map_exceptions("position announcement", self._settings, projection=projection):
             self._redis.publish(CHANNEL_PREFIX + projection, _encode(offsets, rewound))
-        except redis.RedisError as exc:
-            raise StoreError(
-                f"position announcement failed: {exc}",
-                projection=projection,
-                redis=self._settings.safe_url(),
-            ) from exc
 
     def close(self) -> None:
         self._redis.close()
@@ -184,23 +178,15 @@ class RedisEventPositionIndex:
         return f"kct:event-position:{event_id}"
 
     def record(self, entries: Sequence[tuple[str, Position]]) -> None:
-        try:
+        with map_exceptions("event index write", self._settings):
             pipe = self._redis.pipeline(transaction=False)
             for event_id, p in entries:
                 pipe.set(self._key(event_id), f"{p.topic}:{p.partition}:{p.offset}", ex=self._ttl)
             pipe.execute()
-        except redis.RedisError as exc:
-            raise StoreError(
-                f"event index write failed: {exc}", redis=self._settings.safe_url()
-            ) from exc
 
     def lookup(self, event_id: str) -> Position | None:
-        try:
+        with map_exceptions("event index read", self._settings):
             raw = self._redis.get(self._key(event_id))
-        except redis.RedisError as exc:
-            raise StoreError(
-                f"event index read failed: {exc}", redis=self._settings.safe_url()
-            ) from exc
         if raw is None:
             return None
         topic, partition, offset = str(raw).rsplit(":", 2)

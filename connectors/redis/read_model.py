@@ -20,18 +20,21 @@ wait it out), so no runner writes into a half-deleted model; afterwards
 they find no offsets and rebuild from the start. A reset that died midway
 leaves the mark: run it again.
 
-Failure modes: any Redis error becomes ``StoreError`` naming the projection;
-the URL's credentials never appear in it.
+Failure modes: any Redis error becomes ``StoreError`` naming the projection
+(:func:`~connectors.redis.errors.map_exceptions`); the URL's credentials never
+appear in it.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import redis
 
+from connectors.redis.errors import map_exceptions
 from connectors.redis.settings import RedisSettings
 from toolkit.errors import StoreError
 from toolkit.ports import ReadModelChange
@@ -133,25 +136,17 @@ class RedisReadModelStore:
     def _offsets_key(self, projection: str) -> str:
         return f"{self._prefix(projection)}offsets"
 
-    def _fail(self, what: str, projection: str, exc: Exception) -> StoreError:
-        return StoreError(
-            f"Redis {what} failed: {type(exc).__name__}: {exc}",
-            projection=projection,
-            redis=self._settings.safe_url(),
-        )
+    def _errors(self, what: str, projection: str) -> AbstractContextManager[None]:
+        return map_exceptions(what, self._settings, projection=projection)
 
     def get(self, projection: str, key: str) -> dict[str, Any] | None:
-        try:
+        with self._errors("read", projection):
             raw = self._redis.get(self._doc_key(projection, key))
-        except redis.RedisError as exc:
-            raise self._fail("read", projection, exc) from exc
         return None if raw is None else dict(json.loads(str(raw)))
 
     def counters(self, projection: str, key: str) -> dict[str, int]:
-        try:
+        with self._errors("read", projection):
             raw = self._redis.hgetall(self._counter_key(projection, key))
-        except redis.RedisError as exc:
-            raise self._fail("read", projection, exc) from exc
         return {str(k): int(v) for k, v in dict(raw).items()}
 
     def applied_offsets(
@@ -161,10 +156,8 @@ class RedisReadModelStore:
         if not wanted:
             return {}
         fields = [_field(tp) for tp in wanted]
-        try:
+        with self._errors("read", projection):
             values = self._redis.hmget(self._offsets_key(projection), [*fields, RESETTING_FIELD])
-        except redis.RedisError as exc:
-            raise self._fail("read", projection, exc) from exc
         if values[-1] is not None:
             raise self._resetting(projection)
         return {tp: int(v) for tp, v in zip(wanted, values[:-1], strict=True) if v is not None}
@@ -191,12 +184,10 @@ class RedisReadModelStore:
             "offsets": {_field(tp): o for tp, o in offsets.items()},
             "ops": ops,
         }
-        try:
+        with self._errors("batch write", projection):
             result = self._apply_script(
                 keys=keys, args=[json.dumps(request, separators=(",", ":")), documents]
             )
-        except redis.RedisError as exc:
-            raise self._fail("batch write", projection, exc) from exc
         if result and int(result[0]) == 2:
             raise self._resetting(projection)
         return bool(result and int(result[0]) == 1)
@@ -205,7 +196,7 @@ class RedisReadModelStore:
         """Every document and counter of the projection (for audits and tests)."""
         prefix = self._prefix(projection)
         out: dict[str, Any] = {}
-        try:
+        with self._errors("scan", projection):
             for raw_key in self._redis.scan_iter(match=f"{_escape(prefix)}*", count=1000):
                 key = str(raw_key)
                 kind, name = key[len(prefix) : len(prefix) + 2], key[len(prefix) + 2 :]
@@ -214,8 +205,6 @@ class RedisReadModelStore:
                 elif kind == "c:":
                     counters = dict(self._redis.hgetall(key))
                     out[f"c:{name}"] = {str(f): int(v) for f, v in counters.items()}
-        except redis.RedisError as exc:
-            raise self._fail("scan", projection, exc) from exc
         return out
 
     def reset(self, projection: str) -> None:
@@ -223,15 +212,13 @@ class RedisReadModelStore:
         docstring: safe while its runners are writing)."""
         prefix = self._prefix(projection)
         offsets = self._offsets_key(projection)
-        try:
+        with self._errors("reset", projection):
             self._mark_resetting(keys=[offsets], args=["1"])
             found = (str(k) for k in self._redis.scan_iter(match=f"{_escape(prefix)}*", count=1000))
             batch = [key for key in found if key != offsets]
             for start in range(0, len(batch), 500):
                 self._redis.unlink(*batch[start : start + 500])
             self._redis.hdel(offsets, RESETTING_FIELD)
-        except redis.RedisError as exc:
-            raise self._fail("reset", projection, exc) from exc
 
     def close(self) -> None:
         self._redis.close()

@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import redis
 
+from connectors.redis.errors import map_exceptions
 from connectors.redis.read_model import APPLY_CHANGES_LUA, RedisReadModelStore, encode_changes
 from connectors.redis.settings import RedisSettings
-from toolkit.errors import StoreError
 from toolkit.ports import ReadModelChange
 
 __all__ = ["RedisSagaStepStore"]
@@ -63,12 +64,8 @@ class RedisSagaStepStore:
     def _prefix(participant: str) -> str:
         return f"kct:rm:{{{participant}}}:"
 
-    def _fail(self, what: str, participant: str, exc: Exception) -> StoreError:
-        return StoreError(
-            f"Redis {what} failed: {type(exc).__name__}: {exc}",
-            participant=participant,
-            redis=self._settings.safe_url(),
-        )
+    def _errors(self, what: str, participant: str) -> AbstractContextManager[None]:
+        return map_exceptions(what, self._settings, participant=participant)
 
     def get(self, projection: str, key: str) -> dict[str, Any] | None:
         return self._read_model.get(projection, key)
@@ -77,10 +74,8 @@ class RedisSagaStepStore:
         return self._read_model.counters(projection, key)
 
     def outcome(self, participant: str, key: str) -> dict[str, Any] | None:
-        try:
+        with self._errors("read", participant):
             raw = self._redis.get(f"{self._prefix(participant)}once:{key}")
-        except redis.RedisError as exc:
-            raise self._fail("read", participant, exc) from exc
         return None if raw is None else dict(json.loads(str(raw)))
 
     def record_once(
@@ -94,10 +89,8 @@ class RedisSagaStepStore:
         ops, documents = encode_changes(self._prefix(participant), changes, keys)
         request = json.dumps({"ops": ops}, separators=(",", ":"))
         stored = json.dumps(outcome, separators=(",", ":"), sort_keys=True)
-        try:
+        with self._errors("step record", participant):
             result = self._record_once(keys=keys, args=[request, documents, stored])
-        except redis.RedisError as exc:
-            raise self._fail("step record", participant, exc) from exc
         if int(result[0]) == 1:
             return True, dict(outcome)
         return False, dict(json.loads(str(result[1])))

@@ -1,12 +1,21 @@
-"""Connectors' settings build themselves from kct.yaml sections, with one default each."""
+"""Connectors' settings build themselves from kct.yaml sections, with one default each;
+Redis errors are translated in one place."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
+import redis
 from pydantic import SecretStr, ValidationError
 
 from connectors.kafka import KafkaSettings
-from connectors.redis import RedisSettings
+from connectors.redis import (
+    RedisEventPositionIndex,
+    RedisReadModelStore,
+    RedisSagaStepStore,
+    RedisSettings,
+)
 from connectors.zookeeper import ZooKeeperSettings
 from toolkit.config import (
     DEFAULT_KAFKA_BOOTSTRAP,
@@ -15,6 +24,7 @@ from toolkit.config import (
     ZooKeeperConfig,
     parse_config,
 )
+from toolkit.errors import StoreError
 from toolkit.runtime.app import KctSettings
 from toolkit.runtime.stack import LocalStack
 
@@ -94,3 +104,26 @@ def test_lock_acl_has_one_rule() -> None:
     assert chosen.lock_acl == "open"
     with pytest.raises(ValidationError, match=r"creator_all needs zookeeper\.auth"):
         ZooKeeperSettings(lock_acl="creator_all")
+
+
+def test_redis_errors_become_store_errors_in_one_place_without_credentials() -> None:
+    settings = RedisSettings(url="redis://:hunter2@127.0.0.1:1/0", socket_timeout=0.5)
+    store, steps = RedisReadModelStore(settings), RedisSagaStepStore(settings)
+    index = RedisEventPositionIndex(settings)
+    failing: list[tuple[Callable[[], object], str, dict[str, str]]] = [
+        (lambda: store.get("orders", "k"), "Redis read failed", {"projection": "orders"}),
+        (
+            lambda: steps.outcome("inventory", "k"),
+            "Redis read failed",
+            {"participant": "inventory"},
+        ),
+        (lambda: index.lookup("e1"), "Redis event index read failed", {}),
+    ]
+    for call, message, context in failing:
+        with pytest.raises(StoreError) as raised:
+            call()
+        assert str(raised.value).startswith(message)
+        assert "hunter2" not in str(raised.value)
+        assert raised.value.context["redis"] == "redis://***@127.0.0.1:1/0"
+        assert context.items() <= raised.value.context.items()
+        assert isinstance(raised.value.__cause__, redis.RedisError)

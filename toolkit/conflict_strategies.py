@@ -2,7 +2,7 @@
 
 Use them through :class:`toolkit.conflicts.ConflictResolver`, which builds one
 pipeline of strategies per aggregate type from a ``ResolverPolicy`` and gives
-them an :class:`~toolkit.conflicts.AggregateState`: an in-memory working copy
+them an :class:`~toolkit.conflict_state.AggregateState`: an in-memory working copy
 of one aggregate's resolver state that reaches the ``ConflictState`` only
 when a whole decision succeeded. A strategy is a class with a ``name`` and
 ``process(item, aggregate, now_ms) -> Step``; it never does I/O of its own.
@@ -16,15 +16,13 @@ from __future__ import annotations
 import bisect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import Any, Literal, Protocol
 
+from toolkit.conflict_state import AggregateState
 from toolkit.envelope import Envelope
 from toolkit.envelope_json import envelope_from_document, envelope_to_document
 from toolkit.errors import ConfigurationError
 from toolkit.hlc import HLCTimestamp
-
-if TYPE_CHECKING:
-    from toolkit.conflicts import AggregateState
 
 __all__ = [
     "Deduplicate",

@@ -2,121 +2,12 @@
 Kafka redelivers, or an aggregate's events arrive out of order.
 
 A :class:`ConflictResolver` decides per consumed event, inside the batch the
-projection is writing (a ``ReadModelBatch`` is a :class:`ConflictState`)::
-
-    resolution = resolver.resolve(envelope, batch)
-    for event in resolution.accepted:            # in this order
-        handler(event, batch)
-    for event, reason in resolution.rejected:    # dead-letter, or count and audit
-        ...
-    for resolution in resolver.expire(batch):    # once per cycle: overdue gaps
-        ...
-
-Each aggregate type has a :class:`ResolverPolicy`: strategies run as a
-pipeline in the listed order, e.g. ``("deduplicate", "reorder",
-"last_write_wins")``; ``reorder`` may hold an event back or pass it on with
-the buffered ones that follow it, and each event passed on goes through the
-rest. Per aggregate (``aggregate_type``, ``aggregate_id``):
-
-====================  =========================================================
-``deduplicate``       reject an id among the last ``dedup_window`` ids
-                      (``duplicate``); the oldest is evicted first
-``reorder``           ``sequence == next``: pass it and the buffered run after
-                      it; ``> next``: buffer (``buffered``); ``< next``: reject
-                      (``already_applied_sequence``). ``next`` starts at 1
-``last_write_wins``   reject an HLC below the last applied one (``stale_hlc``;
-                      equal: ``duplicate``; no HLC: ``missing_hlc``); after
-                      ``reorder``: pass everything (see below)
-``first_write_wins``  reject a sequence not above the last applied one
-                      (``already_written``)
-``reject``            the same rule for conflicts to dead-letter
-                      (``rejected_conflict``)
-``merge``             apply an event whose sequence is above the last applied
-                      one as is; otherwise apply ``merge(current payload,
-                      event)`` (``merged``); a merge that raises or returns
-                      no storable envelope of the aggregate: ``merge_error``
-====================  =========================================================
-
-A policy has at most one winner (the last four). A winner recognises only a
-redelivery of the last event it applied (``duplicate``); an older one looks
-like a conflict (``merge`` would merge it again), so put ``deduplicate`` in
-front when redeliveries matter. With ``reorder`` in front a
-winner sees one event per sequence: of two events claiming one sequence, the
-first to reach ``reorder`` passes and the other is rejected
-(``already_applied_sequence``, or ``duplicate_sequence`` while buffered). To
-arbitrate concurrent writers by HLC, use ``last_write_wins`` without it.
-After ``reorder``, ``last_write_wins`` compares no HLCs: the events come in
-one writer's sequence order, and a writer that publishes sequence 3 before 2
-stamps 3 with the older HLC, so the last write is the highest sequence.
-
-Which pipelines are safe for which writers (``kct.yaml`` refuses the lossy
-ones): one writer per aggregate, events duplicated or out of order:
-``[deduplicate, reorder]`` (``+ last_write_wins``, the same); concurrent
-writers: ``[deduplicate, last_write_wins]`` (highest HLC, ties by node id),
-``first_write_wins``, ``[deduplicate, merge]``, ``[deduplicate, reject]``.
-``reorder`` with ``merge`` or ``reject`` drops a concurrent claim on an
-applied sequence before the winner sees it; ``merge`` without
-``deduplicate`` merges a redelivery again.
-
-Time: ``now_ms`` is event time, the highest record timestamp seen on the
-partition (:meth:`ConflictResolver.observe`, kept in the state), so expiry
-is a function of the log: a runner catching up on a backlog, a replay and a
-rebuild from offset 0 decide exactly as a runner that kept up.
-
-State, under the reserved prefix ``__kct.conflicts/`` that handlers must not
-write (``<T>/<I>``: aggregate type and id, percent-encoded so that ``/`` in
-an id cannot make two aggregates share a key):
-
-* ``<T>/<I>``, the head, flat: ``next``, ``buffered``, ``buffer_min``,
-  ``oldest_ms`` (reorder), ``seen`` (the dedup window, ``"\\nid1\\nid2\\n"``),
-  ``hlc`` (last_write_wins), ``seq``, ``event_id`` (the other winners);
-* ``<T>/<I>/buffer``: ``{"events": [{"sequence", "arrived_ms", "event":
-  envelope document}, ...]}``; ``<T>/<I>/current``: merge's ``{"payload"}``;
-* ``reorder-index``: ``{"entries": "\\n<T>/<I> <oldest_ms>\\n..."}``, the
-  aggregates with buffered events;
-* ``clock``: ``event_ms`` (event time), ``due`` (no gap can expire before;
-  null: none buffered) and ``policies`` (which waits ``due`` assumed).
-
-A buffered event keeps the caller's ``source`` (e.g. the record's topic,
-partition, offset and bytes), handed back by the Resolution that releases or
-rejects it (``Resolution.source_of``), so it can be dead-lettered later.
-
-Growing documents are flat strings: a ``ReadModelBatch`` deep-copies every
-document it hands out, about 1 ms for a list of 10,000 ids against
-microseconds for one string, and membership is one substring search.
-
-Guarantees: all resolver state lives in the ``ConflictState`` (only the
-``counts`` metrics live in memory), written in the same batch as the read
-model and its offsets: a crash keeps both or neither, a replay from the
-stored offsets re-derives the same decisions, and a fresh resolver decides
-like the one it replaces. A ``resolve`` or ``expire`` that raises writes
-nothing. Per aggregate at most ``dedup_window`` ids and
-``reorder_max_buffer`` buffered events are kept; ``expire`` reads only the
-aggregates in the index. A decision reads the head and writes it at most
-once, plus the documents only its strategies need.
-
-Failure modes:
-
-* A gap (a sequence that never arrives: lost, dead-lettered, or deleted by
-  retention before the first event seen) holds the later events back until
-  the aggregate's oldest buffered event has waited ``reorder_max_wait_ms``;
-  ``expire`` then reports it (``Resolution.gap``) and skips it, releasing
-  the run behind it (``on_gap="skip"``), or rejects that run
-  (``"dead_letter"``: ``gap_dead_lettered``). A buffer that would exceed
-  ``reorder_max_buffer`` expires its oldest gap at once. An event of the gap
-  arriving later is rejected ``already_applied_sequence``. In event time a
-  gap on a partition that receives nothing more stays open: the caller may
-  expire it by the wall clock. The projection runner does not do so
-  directly: it writes a gap tick to the idle partition (``due`` says when)
-  and expires when it reads the tick back, so a rebuild repeats the
-  decision at the same place in the log.
-* A merge function that raises, or returns something other than an envelope
-  of the event's aggregate whose payload JSON can hold: that event is
-  rejected ``merge_error`` (``Resolution.error_of`` says why), the earlier
-  stages' bookkeeping stands (its id is remembered, its sequence passed), and
-  the aggregate goes on. A buffered event that fails later likewise.
-* A payload JSON cannot hold (``Decimal``, ``datetime``, ...) raises
-  ``SerializationError`` when ``reorder`` must buffer it, nothing written.
+projection is writing (a ``ReadModelBatch`` is a ``ConflictState``), with a
+pipeline of strategies per aggregate type (:class:`ResolverPolicy`); its
+state lives in the read model (:mod:`toolkit.conflict_state`), so a replay
+decides as the first run did. The specification (each strategy's rule,
+which pipelines are safe for which writers, event time and gaps, the state
+layout, guarantees and failure modes) is ``docs/conflict-resolution.md``.
 """
 
 from __future__ import annotations
@@ -128,11 +19,17 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
-from typing import Any, Literal, Protocol, cast
-from urllib.parse import quote, unquote
+from typing import Any, Literal, cast
 
 from toolkit.config import ConflictPolicy
+from toolkit.conflict_state import (
+    CLOCK_KEY,
+    STATE_PREFIX,
+    AggregateState,
+    ConflictState,
+    ReorderIndex,
+    parse_index_entry,
+)
 from toolkit.conflict_strategies import (
     Deduplicate,
     FirstWriteWins,
@@ -149,8 +46,6 @@ from toolkit.conflict_strategies import (
 )
 from toolkit.envelope import Envelope
 from toolkit.envelope_json import (
-    decode_payload,
-    encode_payload,
     envelope_from_document,
     envelope_to_document,
 )
@@ -174,9 +69,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-STATE_PREFIX = "__kct.conflicts/"
-INDEX_KEY = f"{STATE_PREFIX}reorder-index"
-CLOCK_KEY = f"{STATE_PREFIX}clock"
 STRATEGIES = (
     "deduplicate",
     "reorder",
@@ -187,16 +79,6 @@ STRATEGIES = (
 )
 _WINNERS = frozenset({"last_write_wins", "first_write_wins", "merge", "reject"})
 _NONE = "none"
-
-
-class ConflictState(Protocol):
-    """Where the resolver keeps its state: a ``ReadModelBatch`` fits."""
-
-    def get(self, key: str) -> dict[str, Any] | None: ...
-
-    def put(self, key: str, document: Mapping[str, Any]) -> None: ...
-
-    def delete(self, key: str) -> None: ...
 
 
 # -- decisions and policies ---------------------------------------------------
@@ -362,144 +244,6 @@ _FACTORIES: dict[str, Callable[[ResolverPolicy], Strategy]] = {
 }
 
 
-# -- state ---------------------------------------------------------------------
-
-
-def _index_entry(aggregate_type: str, aggregate_id: str) -> str:
-    return f"{quote(aggregate_type, safe='')}/{quote(aggregate_id, safe='')}"
-
-
-def _parse_index_entry(entry: str) -> tuple[str, str]:
-    aggregate_type, _, aggregate_id = entry.partition("/")
-    return unquote(aggregate_type), unquote(aggregate_id)
-
-
-@lru_cache(maxsize=65_536)
-def aggregate_key(aggregate_type: str, aggregate_id: str) -> str:
-    """The key of an aggregate's head document; its other documents append ``/<name>``."""
-    return STATE_PREFIX + _index_entry(aggregate_type, aggregate_id)
-
-
-class _ReorderIndex:
-    """The aggregates with buffered events and their oldest arrival time.
-
-    Stored as one flat string, ``"\\n<T>/<I> <oldest_ms>\\n..."``, like the
-    dedup window: a ``ReadModelBatch`` copies it in O(1) Python steps however
-    many aggregates wait, and an update is a substring search and a splice.
-    """
-
-    def __init__(self, state: ConflictState) -> None:
-        self._state = state
-        self._text: str | None = None
-        self._dirty = False
-
-    def _load(self) -> str:
-        if self._text is None:
-            found = self._state.get(INDEX_KEY)
-            self._text = found["entries"] if found else "\n"
-        return self._text
-
-    def entries(self) -> dict[str, int]:
-        pairs = (line.rpartition(" ") for line in self._load().split("\n") if line)
-        return {entry: int(oldest) for entry, _, oldest in pairs}
-
-    def set(self, entry: str, oldest_ms: int | None) -> None:
-        text = self._load()
-        line = None if oldest_ms is None else f"{entry} {oldest_ms}\n"
-        start = text.find(f"\n{entry} ")
-        if start >= 0:
-            end = text.index("\n", start + 1)
-            if line is not None and text[start + 1 : end + 1] == line:
-                return
-            text = text[:start] + text[end:]
-        elif line is None:
-            return
-        self._text = text if line is None else text + line
-        self._dirty = True
-
-    def flush(self) -> None:
-        if self._dirty:
-            if self._text and self._text != "\n":
-                self._state.put(INDEX_KEY, {"entries": self._text})
-            else:
-                self._state.delete(INDEX_KEY)
-            self._dirty = False
-
-
-class AggregateState:
-    """A working copy of one aggregate's resolver state: read lazily, written by flush()."""
-
-    def __init__(self, state: ConflictState, aggregate_type: str, aggregate_id: str) -> None:
-        self._state = state
-        self.aggregate_type = aggregate_type
-        self.aggregate_id = aggregate_id
-        self.key = aggregate_key(aggregate_type, aggregate_id)
-        found = state.get(self.key)
-        self.head: dict[str, Any] = dict(found) if found else {}
-        self._dirty: set[str] = set()
-        self._buffer: list[dict[str, Any]] | None = None
-        self._current: Any = None
-
-    def set(self, name: str, value: Any) -> None:
-        """Set a head field (None removes it)."""
-        if value is None:
-            if self.head.pop(name, None) is not None:
-                self._dirty.add("head")
-        elif self.head.get(name) != value:
-            self.head[name] = value
-            self._dirty.add("head")
-
-    def buffer(self) -> list[dict[str, Any]]:
-        """The reorder buffer, by sequence; call buffer_changed() after changing it."""
-        if self._buffer is None:
-            found = self._state.get(f"{self.key}/buffer") if self.head.get("buffered") else None
-            self._buffer = list(found["events"]) if found else []
-        return self._buffer
-
-    def buffer_changed(self) -> None:
-        buffer = self.buffer()
-        self.set("buffered", len(buffer) or None)
-        self.set("buffer_min", buffer[0]["sequence"] if buffer else None)
-        self.set("oldest_ms", min(e["arrived_ms"] for e in buffer) if buffer else None)
-        self._dirty.add("buffer")
-
-    def seen_ids(self) -> str:
-        """The dedup window, ``"\\nid1\\nid2\\n"``, oldest first."""
-        seen: str = self.head.get("seen", "\n")
-        return seen
-
-    def set_seen_ids(self, ids: str) -> None:
-        self.set("seen", ids)
-
-    def current(self) -> dict[str, Any] | None:
-        """The payload merge last applied, if any."""
-        found = self._state.get(f"{self.key}/current")
-        return None if found is None else cast(dict[str, Any], decode_payload(found["payload"]))
-
-    def set_current(self, envelope: Envelope) -> None:
-        self._current = encode_payload(envelope.payload, envelope.event_id)
-        self._dirty.add("current")
-
-    def flush(self, index: _ReorderIndex) -> None:
-        """Write the documents that changed, and this aggregate's index entry."""
-        state, key = self._state, self.key
-        if "buffer" in self._dirty:
-            if self._buffer:
-                state.put(f"{key}/buffer", {"events": self._buffer})
-            else:
-                state.delete(f"{key}/buffer")
-            entry = _index_entry(self.aggregate_type, self.aggregate_id)
-            index.set(entry, self.head.get("oldest_ms"))
-        if "current" in self._dirty:
-            state.put(f"{key}/current", {"payload": self._current})
-        if "head" in self._dirty:
-            if self.head:
-                state.put(key, self.head)
-            else:
-                state.delete(key)
-        self._dirty.clear()
-
-
 # -- the resolver ----------------------------------------------------------------
 
 
@@ -636,7 +380,7 @@ class ConflictResolver:
         outcome = _Outcome()
         pending = [(Item(envelope, True, source), "")]
         self._run(pipeline, pending, aggregate, now, outcome, final=pipeline[-1].name)
-        index = _ReorderIndex(state)
+        index = ReorderIndex(state)
         aggregate.flush(index)
         index.flush()
         oldest = aggregate.head.get("oldest_ms")
@@ -688,11 +432,11 @@ class ConflictResolver:
         return due is None or now_ms < due
 
     def _set_due(
-        self, state: ConflictState, clock: dict[str, Any] | None, index: _ReorderIndex
+        self, state: ConflictState, clock: dict[str, Any] | None, index: ReorderIndex
     ) -> None:
         due = min(
             (
-                oldest + self._max_wait(self._pipeline(_parse_index_entry(entry)[0]))
+                oldest + self._max_wait(self._pipeline(parse_index_entry(entry)[0]))
                 for entry, oldest in index.entries().items()
             ),
             default=None,
@@ -706,8 +450,8 @@ class ConflictResolver:
         """Whether :meth:`expire` at ``now_ms`` would close a gap (changes nothing)."""
         if self._not_due(state.get(CLOCK_KEY), now_ms):
             return False
-        for entry, oldest in _ReorderIndex(state).entries().items():
-            pipeline = self._pipeline(_parse_index_entry(entry)[0])
+        for entry, oldest in ReorderIndex(state).entries().items():
+            pipeline = self._pipeline(parse_index_entry(entry)[0])
             reorder = next((s for s in pipeline if isinstance(s, Reorder)), None)
             if reorder is None or now_ms - oldest >= reorder.max_wait_ms:
                 return True
@@ -722,12 +466,12 @@ class ConflictResolver:
         clock = state.get(CLOCK_KEY)
         if self._not_due(clock, now):
             return []
-        index = _ReorderIndex(state)
+        index = ReorderIndex(state)
         resolutions: list[Resolution] = []
         outcomes: list[_Outcome] = []
         touched: list[AggregateState] = []
         for entry, oldest in sorted(index.entries().items(), key=lambda kv: (kv[1], kv[0])):
-            aggregate_type, aggregate_id = _parse_index_entry(entry)
+            aggregate_type, aggregate_id = parse_index_entry(entry)
             pipeline = self._pipeline(aggregate_type)
             at = next((i for i, s in enumerate(pipeline) if isinstance(s, Reorder)), None)
             # A buffer left by a policy that no longer reorders is released at once.

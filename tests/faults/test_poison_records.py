@@ -28,7 +28,7 @@ from toolkit.runtime.app import Kct
 
 from .waiting import read_topic, until
 
-Headers = list[tuple[str, bytes | None]]
+Headers = list[tuple[str, str | bytes | None]]
 
 
 def _with(headers: Headers, name: str, value: bytes | None) -> Headers:
@@ -72,7 +72,9 @@ def test_every_poison_kind_between_good_events_is_dead_lettered_and_the_runner_l
     good()
     for kind, (spoil, _header) in POISONS.items():
         poison_offsets[offset_of_next()] = kind
-        raw.produce(topic, template.value, template.key, headers=spoil(list(template.headers)))
+        original: Headers = list(template.headers)
+        spoiled = spoil(original)
+        raw.produce(topic, template.value, template.key, headers=spoiled)
         raw.flush(10)
         good()
     # A header name that is not UTF-8, written with kcat.
@@ -100,7 +102,8 @@ def test_every_poison_kind_between_good_events_is_dead_lettered_and_the_runner_l
     # A value close to the broker's message.max.bytes: the dead-letter copy
     # (with its added headers) is too large and must be truncated.
     poison_offsets[offset_of_next()] = "value near message.max.bytes"
-    raw.produce(topic, b"\x07" * 1_047_000, b"big", headers=list(template.headers))
+    big_headers: Headers = list(template.headers)
+    raw.produce(topic, b"\x07" * 1_047_000, b"big", headers=big_headers)
     raw.flush(10)
     good()
     end = offset_of_next()

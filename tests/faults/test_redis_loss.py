@@ -25,9 +25,10 @@ from tests.integration.conftest import Endpoints
 from tests.integration.helpers import end_token, running
 from tests.order_stats import order_stats, placed_event
 from toolkit.envelope import Envelope
-from toolkit.projection import Handler, Projection
+from toolkit.projection import Handler, Projection, ProjectionRunner
 from toolkit.read_model import ReadModelBatch
 from toolkit.runtime.app import Kct
+from toolkit.saga.participant import SagaParticipant
 from toolkit.saga.state import SagaStatus
 
 from .servers import kill_9, redis_data_dir, restart_stack, wait_for_redis
@@ -102,7 +103,8 @@ def test_redis_killed_mid_sagas_participants_heal_and_every_saga_ends_once(kct: 
         time.sleep(0.3)
         kill_9("redis")
         time.sleep(3)
-        unhealthy = [m for m in members if not m.health.healthy]
+        loops = [m for m in members if isinstance(m, SagaParticipant | ProjectionRunner)]
+        unhealthy = [m for m in loops if not m.health.healthy]
         restart_stack()
         states = client.wait(ids, 180)
     assert unhealthy, "no participant noticed the outage: nothing was tested"

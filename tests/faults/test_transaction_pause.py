@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -28,6 +28,7 @@ from toolkit.boundary import ConsistencyBoundary, OperationContext
 from toolkit.config import ConsistencyConfig, StrongRule
 from toolkit.dead_letter import DeadLetterQueue
 from toolkit.errors import TransactionAborted
+from toolkit.ports import OutgoingRecord
 from toolkit.positions import Position, TopicPartition
 from toolkit.runtime.app import Kct, saga_group
 from toolkit.saga.participant import SagaParticipant
@@ -105,11 +106,11 @@ class PausedCommit:
         self._owner = owner
         self._transaction = transaction
 
-    def produce(self, records: Any) -> list[Position]:
+    def produce(self, records: Sequence[OutgoingRecord]) -> list[Position]:
         return self._transaction.produce(records)
 
-    def send_offsets(self, offsets: dict[TopicPartition, int], metadata: Any) -> None:
-        self._transaction.send_offsets(offsets, metadata)
+    def send_offsets(self, offsets: Mapping[TopicPartition, int], group_metadata: Any) -> None:
+        self._transaction.send_offsets(offsets, group_metadata)
 
     def commit(self) -> None:
         if not self._owner.paused:

@@ -30,6 +30,11 @@ Projections keep the highest fence applied per aggregate and reject older
 ones (see :mod:`toolkit.projection`), which stops writers that bypass or race
 the check above.
 
+With an :class:`~toolkit.interceptors.Interceptor`, ``enforce`` runs inside
+its ``operation`` hook and each strong phase (``lock``, ``hold`` from acquired
+to release, ``barrier``, ``operation``, ``transaction``) inside
+``strong_phase``; the waits are the consistency manager's ``wait`` hooks.
+
 Failure modes: ``LockTimeout``; ``LockLost`` (aborted, nothing visible);
 ``ConsistencyTimeout`` from the barrier (nothing written) or after commit
 (the write is committed, projections are late; ``context["committed"]`` says
@@ -48,7 +53,8 @@ from typing import Generic, Protocol, TypeVar
 from toolkit.consistency import EventualConsistencyManager
 from toolkit.envelope import Envelope
 from toolkit.errors import ConfigurationError, ConsistencyError, ConsistencyTimeout, LockLost
-from toolkit.ports import LockService, OffsetSource, TransactionalProducer
+from toolkit.interceptors import Interceptor, OperationInfo, StrongPhase
+from toolkit.ports import LockLease, LockService, OffsetSource, TransactionalProducer
 from toolkit.positions import ConsistencyToken, Position
 from toolkit.publisher import EventPublisher, PublishedEvent
 
@@ -137,7 +143,9 @@ class ConsistencyBoundary:
         offsets: OffsetSource | None = None,
         suspended_grace: float = 1.0,
         before_commit: Callable[[OperationContext], None] | None = None,
+        interceptor: Interceptor | None = None,
     ) -> None:
+        self.interceptor = interceptor
         self._policy = policy
         self._publisher = publisher
         self._topics = dict(topics)
@@ -169,9 +177,33 @@ class ConsistencyBoundary:
     ) -> BoundaryResult[T]:
         """Run ``operation`` on one aggregate with its configured consistency."""
         topic = self.topic_for(aggregate_type)
-        if not self._policy.is_strong(aggregate_type, aggregate_id):
-            return self._eventual(aggregate_type, aggregate_id, topic, operation)
-        return self._strong(aggregate_type, aggregate_id, topic, operation)
+        strong = self._policy.is_strong(aggregate_type, aggregate_id)
+        hooks = self.interceptor
+        if hooks is None:
+            if not strong:
+                return self._eventual(aggregate_type, aggregate_id, topic, operation)
+            return self._strong(aggregate_type, aggregate_id, topic, operation)
+        projections = self._policy.projections_for(aggregate_type, aggregate_id) if strong else ()
+        info = OperationInfo(aggregate_type, aggregate_id, topic, strong, tuple(projections))
+        if not strong:
+            return hooks.operation(
+                info, lambda: self._eventual(aggregate_type, aggregate_id, topic, operation)
+            )
+        return hooks.operation(
+            info, lambda: self._strong(aggregate_type, aggregate_id, topic, operation, info)
+        )
+
+    def _phase(
+        self,
+        phase: StrongPhase,
+        info: OperationInfo | None,
+        fence: int | None,
+        run: Callable[[], T],
+    ) -> T:
+        hooks = self.interceptor
+        if hooks is None or info is None:
+            return run()
+        return hooks.strong_phase(phase, info, fence, run)
 
     def _eventual(
         self,
@@ -200,6 +232,7 @@ class ConsistencyBoundary:
         aggregate_id: str,
         topic: str,
         operation: Callable[[OperationContext], T],
+        info: OperationInfo | None = None,
     ) -> BoundaryResult[T]:
         if self._locks is None or self._transactions is None or self._consistency is None:
             raise ConfigurationError(
@@ -210,46 +243,89 @@ class ConsistencyBoundary:
         aggregate = f"{aggregate_type}/{aggregate_id}"
         projections = self._policy.projections_for(aggregate_type, aggregate_id)
         timeout = self._policy.timeout_for(aggregate_type, aggregate_id)
+        lock_timeout = self._policy.lock_timeout_for(aggregate_type, aggregate_id)
+        locks = self._locks
+        assert locks is not None
         timings: dict[str, float] = {}
         started = time.perf_counter()
-        lease = self._locks.acquire(
-            aggregate, self._policy.lock_timeout_for(aggregate_type, aggregate_id)
-        )
+        lease = self._phase("lock", info, None, lambda: locks.acquire(aggregate, lock_timeout))
         try:
-            mark = time.perf_counter()
-            timings["lock"] = mark - started
-            self._barrier(topic, projections, timeout, aggregate)
-            timings["barrier"], mark = time.perf_counter() - mark, time.perf_counter()
-            context = OperationContext(aggregate_type, aggregate_id, fence=lease.fence)
-            value = operation(context)
-            timings["operation"], mark = time.perf_counter() - mark, time.perf_counter()
-            published: list[PublishedEvent] = []
-            if context.events:
-                with self._transactions.begin() as transaction:
-                    published = self._publisher.publish_in(
-                        transaction, topic, context.events, fence=lease.fence
-                    )
-                    if self._before_commit is not None:
-                        self._before_commit(context)
-                    if not lease.is_held(timeout=self._suspended_grace):
-                        raise LockLost(
-                            "lock lost before commit; the transaction was aborted and "
-                            "nothing was published",
-                            aggregate=aggregate,
-                            fence=lease.fence,
-                        )
-                    transaction.commit()
-                self._publisher.index(published)
-            timings["commit"], mark = time.perf_counter() - mark, time.perf_counter()
-            token = EventPublisher.token_of(published)
-            if published and projections:
-                self._wait_committed(token, projections, timeout, aggregate)
-            timings["wait"] = time.perf_counter() - mark
-            return BoundaryResult(
-                value, tuple(published), token, strong=True, fence=lease.fence, timings=timings
+            timings["lock"] = time.perf_counter() - started
+            return self._phase(
+                "hold",
+                info,
+                lease.fence,
+                lambda: self._held(
+                    info,
+                    lease,
+                    where=(aggregate_type, aggregate_id, topic),
+                    projections=projections,
+                    timeout=timeout,
+                    operation=operation,
+                    timings=timings,
+                ),
             )
         finally:
             lease.release()
+
+    def _held(
+        self,
+        info: OperationInfo | None,
+        lease: LockLease,
+        *,
+        where: tuple[str, str, str],
+        projections: Sequence[str],
+        timeout: float,
+        operation: Callable[[OperationContext], T],
+        timings: dict[str, float],
+    ) -> BoundaryResult[T]:
+        """Barrier, operation, transaction and wait, while the lock is held."""
+        aggregate_type, aggregate_id, topic = where
+        aggregate = f"{aggregate_type}/{aggregate_id}"
+        fence = lease.fence
+        mark = time.perf_counter()
+        self._phase(
+            "barrier", info, fence, lambda: self._barrier(topic, projections, timeout, aggregate)
+        )
+        timings["barrier"], mark = time.perf_counter() - mark, time.perf_counter()
+        context = OperationContext(aggregate_type, aggregate_id, fence)
+        value = self._phase("operation", info, fence, lambda: operation(context))
+        timings["operation"], mark = time.perf_counter() - mark, time.perf_counter()
+        published: list[PublishedEvent] = []
+        if context.events:
+            published = self._phase(
+                "transaction", info, fence, lambda: self._commit(context, lease, topic, aggregate)
+            )
+        timings["commit"], mark = time.perf_counter() - mark, time.perf_counter()
+        token = EventPublisher.token_of(published)
+        if published and projections:
+            self._wait_committed(token, projections, timeout, aggregate)
+        timings["wait"] = time.perf_counter() - mark
+        return BoundaryResult(
+            value, tuple(published), token, strong=True, fence=fence, timings=timings
+        )
+
+    def _commit(
+        self, context: OperationContext, lease: LockLease, topic: str, aggregate: str
+    ) -> list[PublishedEvent]:
+        """Write the operation's events in one transaction; commit only if the lock is held."""
+        assert self._transactions is not None
+        with self._transactions.begin() as transaction:
+            published = self._publisher.publish_in(
+                transaction, topic, context.events, fence=lease.fence
+            )
+            if self._before_commit is not None:
+                self._before_commit(context)
+            if not lease.is_held(timeout=self._suspended_grace):
+                raise LockLost(
+                    "lock lost before commit; the transaction was aborted and "
+                    "nothing was published",
+                    aggregate=aggregate,
+                    fence=lease.fence,
+                )
+            transaction.commit()
+        self._publisher.index(published)
+        return published
 
     def _barrier(
         self, topic: str, projections: Sequence[str], timeout: float, aggregate: str

@@ -13,6 +13,10 @@ cover the command's writes, then runs the query: the query never sees a read
 model older than the command. The token is handed back so a caller can pass
 it to another process for read-your-writes (like a session token).
 
+With an :class:`~toolkit.interceptors.Interceptor`, every wait goes through
+its ``wait`` hook and each read-after-write (command, wait and query) through
+``read_after_write``, so a trace shows the wait inside the command's flow.
+
 Failure modes: ``ConsistencyTimeout`` (also a ``TimeoutError``) names every
 projection and partition still behind and by how many offsets; an event id
 the index does not know raises ``ConsistencyError``; Kafka errors while
@@ -28,6 +32,7 @@ from datetime import timedelta
 from typing import Generic, TypeVar
 
 from toolkit.errors import ConfigurationError, ConsistencyError, ConsistencyTimeout
+from toolkit.interceptors import Interceptor
 from toolkit.ports import EventPositionIndex, PositionListener
 from toolkit.positions import ConsistencyToken, Position, TopicPartition
 from toolkit.tracker import ProjectionTracker
@@ -64,12 +69,14 @@ class EventualConsistencyManager:
         *,
         first_check_after: float = 0.02,
         max_check_interval: float = 1.0,
+        interceptor: Interceptor | None = None,
     ) -> None:
         self._tracker = tracker
         self._listener = listener
         self._index = index
         self._first_check_after = first_check_after
         self._max_check_interval = max_check_interval
+        self.interceptor = interceptor
 
     def wait_for_consistency(
         self,
@@ -80,6 +87,13 @@ class EventualConsistencyManager:
         """Return once every projection has applied ``target``; else raise ConsistencyTimeout."""
         token = as_token(target)
         names = [projections] if isinstance(projections, str) else list(projections)
+        hooks = self.interceptor
+        if hooks is None:
+            self._wait(token, names, timeout)
+        else:
+            hooks.wait(token, names, lambda: self._wait(token, names, timeout))
+
+    def _wait(self, token: ConsistencyToken, names: list[str], timeout: float | timedelta) -> None:
         deadline = time.monotonic() + _seconds(timeout)
         # Read the listener's version before the first check, so an
         # announcement arriving in between still wakes us.
@@ -178,6 +192,7 @@ class ReadAfterWrite:
     ) -> None:
         if not projections:
             raise ConfigurationError("ReadAfterWrite needs the projections its queries read")
+        self.interceptor = consistency.interceptor
         self._consistency = consistency
         self._projections = list(projections)
         self._timeout = timeout

@@ -13,7 +13,9 @@ copy: no value, the key and original headers only when small, and
 ``dlq_truncated`` saying what was left out. Its source coordinates still
 locate the original record in the source topic.
 
-The default dead-letter topic of ``orders`` is ``orders.dlq``.
+The default dead-letter topic of ``orders`` is ``orders.dlq``. With an
+:class:`~toolkit.interceptors.Interceptor`, each copy goes through its
+``dead_letter`` hook (tracing records it as a span with the reason).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from toolkit.errors import PublishError, SerializationError
+from toolkit.interceptors import Interceptor
 from toolkit.ports import ConsumedRecord, Headers, OutgoingRecord, RecordProducer
 from toolkit.positions import Position
 
@@ -97,14 +100,29 @@ class DeadLetterQueue:
         producer: RecordProducer,
         consumer_group: str,
         topic_for: Callable[[str], str] = dead_letter_topic,
+        interceptor: Interceptor | None = None,
     ) -> None:
         self._producer = producer
         self._group = consumer_group
         self._topic_for = topic_for
+        self.interceptor = interceptor
         self.counts: dict[str, int] = {}
+
+    @property
+    def consumer_group(self) -> str:
+        """The consumer group whose records this queue dead-letters."""
+        return self._group
 
     def send(self, record: ConsumedRecord, reason: str, error: str) -> Position:
         """Copy ``record`` to its dead-letter topic; returns once Kafka acknowledged it."""
+        hooks = self.interceptor
+        if hooks is None:
+            return self._send(record, reason, error)
+        return hooks.dead_letter(
+            record, reason, error, self._group, lambda: self._send(record, reason, error)
+        )
+
+    def _send(self, record: ConsumedRecord, reason: str, error: str) -> Position:
         extra = {
             DeadLetterHeader.REASON: reason,
             DeadLetterHeader.ERROR: error[:_MAX_ERROR_CHARS],

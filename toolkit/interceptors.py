@@ -33,12 +33,13 @@ hook                        wraps
 :meth:`~Interceptor.watchdog`       a watchdog timing out a step
 ==========================  ====================================================
 
-Two more calls are not wrappers: :meth:`~Interceptor.propagate` stamps the
+Three more calls are not wrappers: :meth:`~Interceptor.propagate` stamps the
 current flow's context on an envelope that is published later, outside the
 current hook (a saga step's reply and next command are published with the
-poll's transaction; a saga's first messages after its start hook), and
+poll's transaction; a saga's first messages after its start hook);
 :meth:`~Interceptor.note` records a named occurrence (a late saga reply) on
-the current flow.
+the current flow; :meth:`~Interceptor.annotate` describes the current hook's
+work once it is known (a step's outcome, whether it was redelivered).
 
 Cost: components take ``interceptor: Interceptor | None``; with ``None`` (no
 interceptor installed) the core does not call the seam at all, so the hot
@@ -168,6 +169,9 @@ class Interceptor:
     def note(self, name: str, attributes: Mapping[str, AttributeValue]) -> None:
         """Record an occurrence on the current flow (default: nothing)."""
 
+    def annotate(self, attributes: Mapping[str, AttributeValue]) -> None:
+        """Describe the current hook's work once known (a step's outcome)."""
+
     # -- consistency -------------------------------------------------------
     def wait(
         self, token: ConsistencyToken, projections: Sequence[str], proceed: Callable[[], T]
@@ -270,6 +274,10 @@ class _Chain(Interceptor):
     def note(self, name: str, attributes: Mapping[str, AttributeValue]) -> None:
         for interceptor in self._all:
             interceptor.note(name, attributes)
+
+    def annotate(self, attributes: Mapping[str, AttributeValue]) -> None:
+        for interceptor in self._all:
+            interceptor.annotate(attributes)
 
     def wait(
         self, token: ConsistencyToken, projections: Sequence[str], proceed: Callable[[], T]

@@ -35,6 +35,11 @@ rewind to waiters and replay. Stored offsets that moved ahead (another member
 wrote them) are adopted the same way. A conditional store step that finds
 the offsets changed does the same instead of giving the partition up.
 
+With an :class:`~toolkit.interceptors.Interceptor`, each handler call runs
+inside its ``process`` hook and each cycle over a non-empty poll (apply,
+store, commit, announce) inside ``apply_batch``; without one the loop does
+not touch the seam.
+
 Failure modes: a handler that raises on an event dead-letters that event
 (reason ``handler_error``) with nothing of it applied, and the runner moves
 on. Any backend failure in a cycle (the store, Kafka, the dead-letter topic)
@@ -53,13 +58,15 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from toolkit.conflicts import STATE_PREFIX, ConflictResolver, Reason, Resolution
 from toolkit.dead_letter import DeadLetterQueue
 from toolkit.envelope import ConsumedEvent, Envelope
-from toolkit.errors import ConnectorError, SerializationError
+from toolkit.errors import ConfigurationError, ConnectorError, SerializationError
 from toolkit.hlc import HybridLogicalClock
+from toolkit.interceptors import Interceptor
 from toolkit.ports import (
     FROM_BEGINNING,
     CheckpointedReadModelStore,
@@ -219,7 +226,7 @@ class Projection:
 
     def __init__(self, name: str, topics: Sequence[str]) -> None:
         if not name or not topics:
-            raise ValueError("a projection needs a name and at least one topic")
+            raise ConfigurationError("a projection needs a name and at least one topic")
         self.name = name
         self.topics = tuple(topics)
         self._handlers: dict[str, Handler] = {}
@@ -230,7 +237,11 @@ class Projection:
         def register(handler: Handler) -> Handler:
             for event_type in event_types:
                 if event_type in self._handlers:
-                    raise ValueError(f"{self.name}: two handlers for {event_type}")
+                    raise ConfigurationError(
+                        "two handlers for one event type",
+                        projection=self.name,
+                        event_type=event_type,
+                    )
                 self._handlers[event_type] = handler
             return handler
 
@@ -288,8 +299,10 @@ class ProjectionRunner:
         expiry_interval: float = 0.25,
         idle_expiry: float | None = 5.0,
         gap_ticks: EventPublisher | None = None,
+        interceptor: Interceptor | None = None,
     ) -> None:
         self.projection = projection
+        self._hooks = interceptor
         self.stats = RunnerStats()
         self._reader = EventReader(consumer, codec, dead_letters, clock)
         self._store = store
@@ -492,6 +505,13 @@ class ProjectionRunner:
             for tp, offset in self._reader.next_offsets(self._stored).items()
             if offset > (self._stored[tp] or 0)
         }
+        hooks = self._hooks
+        if hooks is None or not events:
+            return self._cycle(events, polled)
+        return hooks.apply_batch(self.projection.name, events, lambda: self._cycle(events, polled))
+
+    def _cycle(self, events: list[ConsumedEvent], polled: dict[TopicPartition, int]) -> int:
+        """Apply what was polled, store it with its offsets, commit and announce."""
         applied = 0
         batch = ReadModelBatch(self._store, self.projection.name)
         if polled:
@@ -510,6 +530,8 @@ class ProjectionRunner:
         resolver = self._resolver
         states: dict[TopicPartition, PartitionState] = {}
         handler_for = self.projection.handler_for
+        hooks = self._hooks
+        name = self.projection.name
         for event in events:
             position = event.position
             tp = TopicPartition(position.topic, position.partition)
@@ -534,7 +556,10 @@ class ProjectionRunner:
                 continue
             mark = batch.savepoint()
             try:
-                handler(envelope, batch)
+                if hooks is None:
+                    handler(envelope, batch)
+                else:
+                    hooks.process(event, name, partial(handler, envelope, batch))
             except Exception as exc:  # a handler bug or a poison event: isolate it
                 self._handler_failed(exc, envelope, event, batch, mark)
                 continue
@@ -591,8 +616,19 @@ class ProjectionRunner:
         if handler is None:
             return 0
         mark = batch.savepoint()
+        hooks = self._hooks
         try:
-            handler(envelope, batch)
+            if hooks is None or event is None:
+                handler(envelope, batch)
+            else:
+                # The accepted envelope (it may be a buffered one, released now).
+                hooks.process(
+                    event
+                    if event.envelope is envelope
+                    else ConsumedEvent(envelope, event.position, event.record),
+                    self.projection.name,
+                    partial(handler, envelope, batch),
+                )
         except Exception as exc:  # a handler bug or a poison event: isolate it
             self._handler_failed(exc, envelope, event, batch, mark)
             return 0

@@ -12,6 +12,10 @@ raises ``PublishError`` (the event may or may not be in the log: idempotence
 makes a retry of the same producer safe, a new event id does not). With an
 event-position index, each event's position is recorded by id after the
 write; an index failure is logged, not raised (the events are written).
+
+With an :class:`~toolkit.interceptors.Interceptor`, every write goes through
+its ``publish`` hook, which may rewrite the envelopes (tracing adds
+``traceparent``) before they are stamped and serialised.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from collections.abc import Sequence
 from toolkit.envelope import Envelope, encode_envelope
 from toolkit.errors import ConnectorError
 from toolkit.hlc import HybridLogicalClock
+from toolkit.interceptors import Interceptor, Outgoing
 from toolkit.ports import (
     EventCodec,
     EventPositionIndex,
@@ -60,11 +65,13 @@ class EventPublisher:
         codec: EventCodec,
         clock: HybridLogicalClock,
         index: EventPositionIndex | None = None,
+        interceptor: Interceptor | None = None,
     ) -> None:
         self._producer = producer
         self._codec = codec
         self._clock = clock
         self._index = index
+        self.interceptor = interceptor
 
     def publish(self, topic: str, event: Envelope) -> PublishedEvent:
         """Write one event and wait for its acknowledgement."""
@@ -72,17 +79,14 @@ class EventPublisher:
 
     def publish_all(self, topic: str, events: Sequence[Envelope]) -> list[PublishedEvent]:
         """Write events in order (per aggregate) and wait for every acknowledgement."""
-        stamped, records = self._encode([(topic, event) for event in events])
-        published = self._published(stamped, self._producer.produce(records))
+        published = self._write([(topic, event) for event in events], None)
         self.index(published)
         return published
 
     def publish_to_partition(self, topic: str, partition: int, event: Envelope) -> PublishedEvent:
         """Write one event to a named partition (not the one its key would pick):
         for control events about a partition, such as gap ticks."""
-        (stamped,), (record,) = self._encode([(topic, event)])
-        placed = OutgoingRecord(record.topic, record.key, record.value, record.headers, partition)
-        (published,) = self._published([stamped], self._producer.produce([placed]))
+        (published,) = self._write([(topic, event)], None, partition)
         return published
 
     def publish_in(
@@ -106,8 +110,43 @@ class EventPublisher:
     ) -> list[PublishedEvent]:
         """Write events to several topics in one open transaction, with one
         acknowledgement round trip for all of them."""
-        stamped, records = self._encode(routed)
-        return self._published(stamped, transaction.produce(records) if records else [])
+        return self._write(routed, transaction) if routed else []
+
+    def _write(
+        self,
+        routed: Sequence[Outgoing],
+        transaction: RecordTransaction | None,
+        partition: int | None = None,
+    ) -> list[PublishedEvent]:
+        """Stamp, encode and write (through the interceptor, if any)."""
+        stamped: list[Envelope] = []
+        hooks = self.interceptor
+        if hooks is None:
+            positions = self._produce(routed, transaction, partition, stamped)
+        else:
+            positions = hooks.publish(
+                routed,
+                transaction is not None,
+                lambda messages: self._produce(messages, transaction, partition, stamped),
+            )
+        return self._published(stamped, positions)
+
+    def _produce(
+        self,
+        routed: Sequence[Outgoing],
+        transaction: RecordTransaction | None,
+        partition: int | None,
+        stamped: list[Envelope],
+    ) -> list[Position]:
+        envelopes, records = self._encode(routed)
+        stamped.extend(envelopes)
+        if partition is not None:
+            records = [
+                OutgoingRecord(r.topic, r.key, r.value, r.headers, partition) for r in records
+            ]
+        if transaction is not None:
+            return transaction.produce(records)
+        return self._producer.produce(records)
 
     def _encode(
         self, routed: Sequence[tuple[str, Envelope]]

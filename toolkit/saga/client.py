@@ -7,6 +7,11 @@ so any process can answer ``status``.
 
 Steps that never reply are timed out by :class:`~toolkit.saga.watchdog.SagaWatchdog`.
 
+With an :class:`~toolkit.interceptors.Interceptor`, each saga's first
+messages are built inside its ``saga_start`` hook and carry its context
+(``propagate``): tracing opens the saga's root span there, so the whole saga
+is one trace.
+
 Failure modes: ``start`` raises ``TransactionAborted``/``PublishError`` with
 nothing started; ``wait`` raises ``ConsistencyTimeout`` naming the sagas
 still running.
@@ -17,9 +22,11 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 from toolkit.errors import ConfigurationError, ConsistencyTimeout
+from toolkit.interceptors import Interceptor, SagaInfo
 from toolkit.ports import ReadModelStore, TransactionalProducer
 from toolkit.publisher import EventPublisher
 from toolkit.saga.definition import SagaDefinition
@@ -28,6 +35,10 @@ from toolkit.saga.state import TERMINAL, saga_key
 from toolkit.saga.step_records import Output, publish_outputs
 
 __all__ = ["SagaClient"]
+
+
+def _stamped(hooks: Interceptor, messages: list[Output]) -> list[Output]:
+    return [(topic, hooks.propagate(message)) for topic, message in messages]
 
 
 class SagaClient:
@@ -41,7 +52,9 @@ class SagaClient:
         publisher: EventPublisher,
         states: ReadModelStore,
         state_projection: str,
+        interceptor: Interceptor | None = None,
     ) -> None:
+        self._hooks = interceptor
         self._definitions = dict(definitions)
         self._transactions = transactions
         self._publisher = publisher
@@ -71,11 +84,17 @@ class SagaClient:
             saga_id = given or str(uuid.uuid4())
             clean = {str(k): str(v) for k, v in context.items()}
             first = definition.steps[0]
-            outputs.append(
-                (definition.reply_topic, SagaStarted(saga_id, saga_type, clean).to_envelope())
-            )
             command = SagaCommand(saga_id, saga_type, first.name, Action.EXECUTE, clean)
-            outputs.append((definition.command_topic(first.participant), command.to_envelope()))
+            opening: list[Output] = [
+                (definition.reply_topic, SagaStarted(saga_id, saga_type, clean).to_envelope()),
+                (definition.command_topic(first.participant), command.to_envelope()),
+            ]
+            hooks = self._hooks
+            if hooks is not None:
+                opening = hooks.saga_start(
+                    SagaInfo(saga_id, saga_type, first.name), partial(_stamped, hooks, opening)
+                )
+            outputs.extend(opening)
             ids.append(saga_id)
         publish_outputs(self._transactions, self._publisher, outputs)
         return ids

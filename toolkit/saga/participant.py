@@ -28,6 +28,11 @@ saga's compensation-failure topic with the full context, is replied as a
 FAILURE (the saga ends FAILED_COMPENSATION, needing attention), and the
 compensation of earlier steps continues.
 
+With an :class:`~toolkit.interceptors.Interceptor`, each command runs inside
+its ``process`` hook and each step decision inside ``saga_step``; the reply
+and next command carry the step's context (``propagate``), so a saga's
+messages stay in the trace its start opened.
+
 Failure modes: a command that is not valid for this participant (unknown
 saga type or step, another participant's step) is dead-lettered
 (``invalid_command``); a Kafka transaction that fails is aborted and the
@@ -46,11 +51,13 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 from toolkit.dead_letter import DeadLetterQueue
 from toolkit.envelope import ConsumedEvent
 from toolkit.errors import ConfigurationError, ConnectorError, StepFailed
 from toolkit.hlc import HybridLogicalClock
+from toolkit.interceptors import Interceptor, StepInfo
 from toolkit.ports import (
     EventCodec,
     ReadModelChange,
@@ -65,6 +72,7 @@ from toolkit.reader import EventReader
 from toolkit.saga.definition import SagaDefinition, SagaStep
 from toolkit.saga.messages import (
     COMMAND,
+    REPLY,
     Action,
     Outcome,
     SagaCommand,
@@ -130,8 +138,10 @@ class SagaParticipant:
         sleep: Callable[[float], None] = time.sleep,
         namespace: str = "",
         max_backoff: float = 1.0,
+        interceptor: Interceptor | None = None,
     ) -> None:
         self.name = name
+        self._hooks = interceptor
         # The participant's read model (and dedup records) in the store.
         self.read_model = f"{namespace}{name}"
         self._definitions = {t: d for t, d in definitions.items() if name in d.participants}
@@ -212,8 +222,13 @@ class SagaParticipant:
             return 0
         try:
             outputs: list[Output] = []
+            hooks = self._hooks
+            group = self._dead_letters.consumer_group
             for event in events:
-                outputs.extend(self._handle(event))
+                if hooks is None:
+                    outputs.extend(self._handle(event))
+                else:
+                    outputs.extend(hooks.process(event, group, partial(self._handle, event)))
             self._publish(outputs, offsets)
         except ConnectorError as exc:
             self.stats["rewinds"] += 1
@@ -278,20 +293,56 @@ class SagaParticipant:
             if event.record is not None:
                 self._dead_letters.send(event.record, "invalid_command", str(exc))
             return []
+        hooks = self._hooks
+        if hooks is None:
+            return self._decide(definition, step, command)
+        info = StepInfo(
+            command.saga_id,
+            command.saga_type,
+            step.name,
+            command.action.value,
+            self.name,
+            command.attempt,
+        )
+        return hooks.saga_step(info, lambda: self._decide(definition, step, command))
+
+    def _decide(
+        self, definition: SagaDefinition, step: SagaStep, command: SagaCommand
+    ) -> list[Output]:
+        """Decide the step once (or find it decided) and return the messages it produces."""
+        hooks = self._hooks
         key = dedup_key(command.saga_id, step.name, command.action)
         stored = self._store.outcome(self.read_model, key)
         if stored is not None:
             self.stats["redelivered"] += 1
+            if hooks is not None:
+                hooks.annotate(
+                    {"kct.saga.outcome": stored["outcome"], "kct.saga.redelivered": True}
+                )
             return stored_outputs(stored)
         if command.action is Action.EXECUTE:
             outcome, changes, outputs = self._execute(definition, step, command)
         else:
             outcome, changes, outputs = self._compensate(definition, step, command)
+        if hooks is not None:  # the messages continue this step's flow
+            outputs = [(topic, hooks.propagate(message)) for topic, message in outputs]
         recorded, stored = self._store.record_once(
             self.read_model, key, changes, outputs_document(outcome, outputs)
         )
         if not recorded:  # decided meanwhile (a watchdog's timeout): keep that decision
             self.stats["decided_elsewhere"] += 1
+        if hooks is not None:
+            decided = stored_outputs(stored)
+            errors = [m.payload.get("error") for _, m in decided if m.event_type == REPLY]
+            hooks.annotate(
+                {
+                    "kct.saga.outcome": stored["outcome"],
+                    "kct.saga.decided_elsewhere": not recorded,
+                    **({"kct.saga.by": str(stored["by"])} if "by" in stored else {}),
+                    **({"kct.saga.error": str(errors[0])} if errors and errors[0] else {}),
+                }
+            )
+            return decided
         return stored_outputs(stored)
 
     def _context(self, command: SagaCommand, step: SagaStep, attempt: int) -> StepContext:

@@ -13,6 +13,10 @@ attention; its context is on the compensation-failure topic). The fold is
 idempotent: a redelivered reply changes nothing, and a reply that arrives
 after its step was already decided (a late success after a timeout) is
 recorded under ``late`` and changes nothing else.
+
+The document keeps the saga's trace (``trace_id`` and the ``traceparent`` of
+its start, from the ``SagaStarted`` envelope when tracing is on), so
+``kct saga status`` can name the trace and a watchdog's timeout joins it.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from enum import StrEnum
 from typing import Any
 
 from toolkit.envelope import Envelope
+from toolkit.interceptors import Interceptor, trace_id_of
 from toolkit.projection import Projection
 from toolkit.read_model import ReadModelBatch
 from toolkit.saga.definition import SagaDefinition
@@ -49,10 +54,16 @@ def saga_key(saga_id: str) -> str:
 
 
 def _new(
-    definition: SagaDefinition, saga_id: str, context: Mapping[str, str], at_ms: int
+    definition: SagaDefinition,
+    saga_id: str,
+    context: Mapping[str, str],
+    at_ms: int,
+    traceparent: str | None,
 ) -> dict[str, Any]:
     return {
         "saga_id": saga_id,
+        "trace_id": trace_id_of(traceparent),
+        "traceparent": traceparent,
         "saga_type": definition.saga_type,
         "status": SagaStatus.RUNNING.value,
         "context": dict(context),
@@ -80,14 +91,18 @@ def fold(
     state: dict[str, Any] | None,
     message: SagaStarted | SagaReply,
     definition: SagaDefinition,
+    traceparent: str | None = None,
 ) -> dict[str, Any]:
-    """The saga's state after ``message`` (a new dict; ``state`` is not changed)."""
+    """The saga's state after ``message`` (a new dict; ``state`` is not changed);
+    ``traceparent`` is the message's trace context, kept when it opens the document."""
     if isinstance(message, SagaStarted):
         if state is not None:
             return state  # redelivered
-        return _new(definition, message.saga_id, message.context, message.started_at_ms)
+        return _new(
+            definition, message.saga_id, message.context, message.started_at_ms, traceparent
+        )
     doc = (
-        _new(definition, message.saga_id, {}, message.replied_at_ms)
+        _new(definition, message.saga_id, {}, message.replied_at_ms, traceparent)
         if state is None
         else {**state, "steps": [dict(s) for s in state["steps"]], "late": list(state["late"])}
     )
@@ -156,20 +171,40 @@ def _compensate_from(
     doc["status"] = (SagaStatus.FAILED_COMPENSATION if failed else SagaStatus.COMPENSATED).value
 
 
-def saga_state_projection(name: str, definitions: Mapping[str, SagaDefinition]) -> Projection:
-    """The projection keeping ``saga:<id>`` documents for the given saga types."""
+def saga_state_projection(
+    name: str,
+    definitions: Mapping[str, SagaDefinition],
+    interceptor: Interceptor | None = None,
+) -> Projection:
+    """The projection keeping ``saga:<id>`` documents for the given saga types
+    (``interceptor`` hears of late replies through ``note``)."""
     projection = Projection(name, sorted({d.reply_topic for d in definitions.values()}))
 
-    def apply(message: SagaStarted | SagaReply, view: ReadModelBatch) -> None:
+    def apply(message: SagaStarted | SagaReply, view: ReadModelBatch, event: Envelope) -> None:
         definition = definitions.get(message.saga_type)
         if definition is None:
             raise ValueError(f"unknown saga type {message.saga_type!r}")
         key = saga_key(message.saga_id)
         before = view.get(key)
-        after = fold(before, message, definition)
+        after = fold(before, message, definition, event.traceparent)
         if after is before:
             return
         view.put(key, after)
+        if (
+            interceptor is not None
+            and before is not None
+            and len(after["late"]) > len(before["late"])
+        ):
+            late = after["late"][-1]
+            interceptor.note(
+                "kct.saga.late_reply",
+                {
+                    "kct.saga.id": message.saga_id,
+                    "kct.saga.step": late["step"],
+                    "kct.saga.action": late["action"],
+                    "kct.saga.outcome": late["outcome"],
+                },
+            )
         was = before["status"] if before else None
         if before is None and after["status"] == SagaStatus.RUNNING.value:
             view.increment(RUNNING_KEY, message.saga_id, 1)
@@ -180,10 +215,10 @@ def saga_state_projection(name: str, definitions: Mapping[str, SagaDefinition]) 
 
     @projection.on(STARTED)
     def started(event: Envelope, view: ReadModelBatch) -> None:
-        apply(SagaStarted.from_payload(event.payload), view)
+        apply(SagaStarted.from_payload(event.payload), view, event)
 
     @projection.on(REPLY)
     def replied(event: Envelope, view: ReadModelBatch) -> None:
-        apply(SagaReply.from_payload(event.payload), view)
+        apply(SagaReply.from_payload(event.payload), view, event)
 
     return projection

@@ -14,6 +14,10 @@ the compensation-failure topic. :meth:`SagaWatchdog.run` checks on an
 interval and waits out backend failures (reported in ``health``), so a
 hosted watchdog never stops on an outage.
 
+With an :class:`~toolkit.interceptors.Interceptor`, each timeout runs inside
+its ``watchdog`` hook with the saga's own trace context (kept in its state),
+and the timeout's messages carry it on.
+
 Failure modes: :meth:`SagaWatchdog.check_once` raises the backend's
 ``ConnectorError`` (``StoreError``, ``PublishError``, ``TransactionAborted``);
 a step recorded but not yet published (the watchdog died in between) is
@@ -29,6 +33,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from toolkit.errors import ConnectorError
+from toolkit.interceptors import Interceptor, WatchdogInfo
 from toolkit.ports import ReadModelStore, SagaStepStore, TransactionalProducer
 from toolkit.publisher import EventPublisher
 from toolkit.saga.definition import SagaDefinition
@@ -63,7 +68,9 @@ class SagaWatchdog:
         publisher: EventPublisher,
         clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
         namespace: str = "",
+        interceptor: Interceptor | None = None,
     ) -> None:
+        self._hooks = interceptor
         self._namespace = namespace
         self._definitions = dict(definitions)
         self._steps = steps
@@ -104,7 +111,7 @@ class SagaWatchdog:
             found = self._overdue(state, now)
             if found is None:
                 continue
-            decided = self._time_out(*found)
+            decided = self._decide(found, state)
             if decided:
                 outputs.extend(decided)
                 failed.append(saga_id)
@@ -128,18 +135,43 @@ class SagaWatchdog:
             return None
         return definition, state["saga_id"], step.name, dict(state["context"])
 
+    def _decide(
+        self,
+        found: tuple[SagaDefinition, str, str, dict[str, str]],
+        state: dict[str, Any] | None,
+    ) -> list[Output]:
+        hooks = self._hooks
+        if hooks is None:
+            return self._time_out(*found)
+        definition, saga_id, step_name, _ = found
+        step = definition.step(step_name)
+        info = WatchdogInfo(
+            saga_id,
+            definition.saga_type,
+            step.name,
+            step.participant,
+            step.timeout,
+            None if state is None else state.get("traceparent"),
+        )
+        return hooks.watchdog(info, lambda: self._time_out(*found))
+
     def _time_out(
         self, definition: SagaDefinition, saga_id: str, step_name: str, context: dict[str, str]
     ) -> list[Output]:
         step = definition.step(step_name)
         error = f"no reply within {step.timeout:g}s (timed out by a watchdog)"
         outputs = failure_outputs(definition, step, saga_id, context, error)
+        hooks = self._hooks
+        if hooks is not None:  # the compensation continues the saga's trace
+            outputs = [(topic, hooks.propagate(message)) for topic, message in outputs]
         recorded, stored = self._steps.record_once(
             f"{self._namespace}{step.participant}",
             dedup_key(saga_id, step.name, Action.EXECUTE),
             [],
             outputs_document(Outcome.FAILURE, outputs, by="watchdog"),
         )
+        if hooks is not None:
+            hooks.annotate({"kct.saga.timed_out": recorded, "kct.saga.by": str(stored.get("by"))})
         if recorded:
             log.warning("saga %s: step %s timed out; compensating", saga_id, step.name)
             return outputs

@@ -35,7 +35,7 @@ from typing import Any, NoReturn
 
 from uuid6 import uuid7
 
-from toolkit.errors import SerializationError
+from toolkit.errors import InvalidEvent, SerializationError
 from toolkit.hlc import HLCTimestamp
 from toolkit.ports import ConsumedRecord, EventCodec, Headers, OutgoingRecord
 from toolkit.positions import Position
@@ -96,9 +96,13 @@ class Envelope:
 
     def __post_init__(self) -> None:
         if not self.aggregate_id:
-            raise ValueError("an event needs a non-empty aggregate_id")
+            raise InvalidEvent(
+                "an event needs a non-empty aggregate_id", event_type=self.event_type
+            )
         if self.sequence < 0:
-            raise ValueError(f"sequence must be >= 0, got {self.sequence}")
+            raise InvalidEvent(
+                f"sequence must be >= 0, got {self.sequence}", aggregate=self.aggregate_id
+            )
 
     def with_changes(self, **changes: Any) -> Envelope:
         return replace(self, **changes)
@@ -106,7 +110,7 @@ class Envelope:
     def headers(self) -> Headers:
         """The envelope's metadata as Kafka headers (requires hlc and schema_ref)."""
         if self.hlc is None or self.schema_ref is None:
-            raise ValueError("stamp hlc and schema_ref before building headers")
+            raise InvalidEvent("stamp hlc and schema_ref before building headers")
         pairs: list[tuple[str, str | None]] = [
             (HeaderName.EVENT_ID, self.event_id),
             (HeaderName.EVENT_TYPE, self.event_type),

@@ -61,6 +61,10 @@ class SerializationError(ToolkitError):
     """Bytes could not be encoded or decoded with the expected schema."""
 
 
+class InvalidEvent(ToolkitError, ValueError):
+    """An event built in code is malformed (empty aggregate id, negative sequence, unstamped)."""
+
+
 class UnknownSchema(SerializationError):
     """The schema named by a record is not known to this process."""
 
@@ -124,6 +128,7 @@ __all__ = [
     "ConsistencyTimeout",
     "ConsumeError",
     "CoordinationError",
+    "InvalidEvent",
     "InvalidToken",
     "LockError",
     "LockLost",

@@ -67,6 +67,7 @@ from toolkit.envelope import ConsumedEvent, Envelope
 from toolkit.errors import ConfigurationError, ConnectorError, SerializationError
 from toolkit.hlc import HybridLogicalClock
 from toolkit.interceptors import Interceptor
+from toolkit.monitor_order import OrderViolations
 from toolkit.ports import (
     FROM_BEGINNING,
     CheckpointedReadModelStore,
@@ -327,6 +328,8 @@ class ProjectionRunner:
         # Stored offsets Kafka has not been told yet (after assignment or a failed commit).
         self._uncommitted: dict[TopicPartition, int] = {}
         self._resolver = resolver
+        # Order violations the resolver decided in this cycle, stored with its batch.
+        self._order = OrderViolations()
         self._audit_entries = audit_entries
         self._expiry_interval = expiry_interval
         self._next_expiry = 0.0
@@ -514,11 +517,13 @@ class ProjectionRunner:
         """Apply what was polled, store it with its offsets, commit and announce."""
         applied = 0
         batch = ReadModelBatch(self._store, self.projection.name)
+        self._order.clear()
         if polled:
             applied = self._apply(events, batch)
         if self._resolver is not None:
             applied += self._expire(batch, polled)
         if polled:
+            self._order.flush(batch)
             self._store_batch(batch, polled)
         self._reader.forget([tp for tp in self._reader.pending_offsets if tp not in polled])
         self._commit_uncommitted()
@@ -685,6 +690,12 @@ class ProjectionRunner:
                 )
         if resolution.reason not in QUIET_REASONS or resolution.rejected:
             self._audit(resolution, batch)
+            record = None if event is None else event.record
+            self._order.note(
+                resolution,
+                None if event is None else event.position,
+                None if record is None else record.timestamp_ms,
+            )
         return applied
 
     @staticmethod

@@ -18,6 +18,8 @@ import threading
 import time
 from dataclasses import dataclass
 
+from toolkit.errors import ConfigurationError
+
 __all__ = ["Backoff", "Health", "LoopHealth"]
 
 
@@ -38,7 +40,9 @@ class Backoff:
 
     def __init__(self, initial: float = 0.05, maximum: float = 5.0) -> None:
         if initial <= 0 or maximum < initial:
-            raise ValueError("back-off needs 0 < initial <= maximum")
+            raise ConfigurationError(
+                "back-off needs 0 < initial <= maximum", initial=initial, maximum=maximum
+            )
         self._initial = initial
         self._maximum = maximum
         self._next = initial

@@ -22,9 +22,10 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import cast
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 
+from connectors.kafka.errors import map_exceptions
 from connectors.kafka.settings import KafkaSettings
 from toolkit.errors import ConsumeError
 from toolkit.ports import (
@@ -72,12 +73,8 @@ class KafkaRecordConsumer:
         self._on_assign: AssignCallback | None = None
         self._on_revoke: RevokeCallback | None = None
         self._on_error = on_error
-        try:
+        with map_exceptions(ConsumeError, "consumer configuration", group=group_id):
             self._consumer = Consumer(config)
-        except KafkaException as exc:
-            raise ConsumeError(
-                f"invalid consumer configuration: {exc.args[0]}", group=group_id
-            ) from exc
 
     def _client_error(self, error: KafkaError) -> None:
         log.warning("kafka consumer %s: %s", self.group_id, error.str())
@@ -113,7 +110,7 @@ class KafkaRecordConsumer:
             self._on_revoke([TopicPartition(p.topic, p.partition) for p in partitions])
 
     def poll(self, max_records: int, timeout: float) -> list[ConsumedRecord]:
-        try:
+        with map_exceptions(ConsumeError, "poll", group=self.group_id):
             # consume(n, timeout) waits until n records or the timeout: a
             # trickle would cost the whole timeout per batch. Wait for the
             # first record only, then drain what is already fetched.
@@ -121,8 +118,6 @@ class KafkaRecordConsumer:
             messages = [] if first is None else [first]
             if first is not None and max_records > 1:
                 messages.extend(self._consumer.consume(num_messages=max_records - 1, timeout=0))
-        except KafkaException as exc:
-            raise ConsumeError(f"poll failed: {exc.args[0]}", group=self.group_id) from exc
         records: list[ConsumedRecord] = []
         append = records.append
         for message in messages:
@@ -139,10 +134,8 @@ class KafkaRecordConsumer:
         if not offsets:
             return
         wanted = [KafkaTopicPartition(tp.topic, tp.partition, o) for tp, o in offsets.items()]
-        try:
+        with map_exceptions(ConsumeError, "commit", group=self.group_id):
             result = self._consumer.commit(offsets=wanted, asynchronous=False)
-        except KafkaException as exc:
-            raise ConsumeError(f"commit failed: {exc.args[0].str()}", group=self.group_id) from exc
         for tp in result or []:
             if tp.error is not None:
                 raise ConsumeError(
@@ -153,17 +146,13 @@ class KafkaRecordConsumer:
 
     def rewind(self, offsets: Mapping[TopicPartition, int]) -> None:
         for tp, offset in offsets.items():
-            try:
+            with map_exceptions(ConsumeError, "seek", group=self.group_id, partition=str(tp)):
                 self._consumer.seek(KafkaTopicPartition(tp.topic, tp.partition, offset))
-            except KafkaException as exc:
-                raise ConsumeError(
-                    f"seek failed: {exc.args[0].str()}", group=self.group_id, partition=str(tp)
-                ) from exc
 
     def idle(self, seconds: float) -> None:
         """Stay in the group for ``seconds`` without consuming (see RecordConsumer.idle)."""
         deadline = time.monotonic() + seconds
-        try:
+        with map_exceptions(ConsumeError, "idle", group=self.group_id):
             while True:
                 assigned = self._consumer.assignment()
                 if assigned:
@@ -181,8 +170,6 @@ class KafkaRecordConsumer:
             assigned = self._consumer.assignment()
             if assigned:
                 self._consumer.resume(assigned)
-        except KafkaException as exc:
-            raise ConsumeError(f"idle failed: {exc.args[0]}", group=self.group_id) from exc
 
     def positions(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
         # librdkafka moves the position past transaction markers and aborted
@@ -190,10 +177,8 @@ class KafkaRecordConsumer:
         if not partitions:
             return {}
         wanted = [KafkaTopicPartition(tp.topic, tp.partition) for tp in partitions]
-        try:
+        with map_exceptions(ConsumeError, "position", group=self.group_id):
             found = self._consumer.position(wanted)
-        except KafkaException as exc:
-            raise ConsumeError(f"position failed: {exc.args[0]}", group=self.group_id) from exc
         return {
             TopicPartition(p.topic, p.partition): p.offset
             for p in found
@@ -202,10 +187,8 @@ class KafkaRecordConsumer:
 
     def group_metadata(self) -> object:
         """The group's metadata, for ``send_offsets`` of a transaction (fences zombies)."""
-        try:
+        with map_exceptions(ConsumeError, "group metadata", group=self.group_id):
             return self._consumer.consumer_group_metadata()
-        except KafkaException as exc:
-            raise ConsumeError(f"no group metadata: {exc.args[0]}", group=self.group_id) from exc
 
     def assignment(self) -> list[TopicPartition]:
         return [TopicPartition(p.topic, p.partition) for p in self._consumer.assignment()]

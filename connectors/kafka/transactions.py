@@ -50,9 +50,10 @@ from typing import Any, TypeVar
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 
+from connectors.kafka.errors import kafka_error
 from connectors.kafka.producer import DeliveryBatch
 from connectors.kafka.settings import KafkaSettings
-from toolkit.errors import PublishError, TransactionAborted
+from toolkit.errors import ConfigurationError, PublishError, TransactionAborted
 from toolkit.ports import OutgoingRecord
 from toolkit.positions import Position, TopicPartition
 
@@ -75,13 +76,6 @@ def _boot_clock() -> float:
 _CLOCK = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
 
 
-def _kafka_error(exc: KafkaException) -> KafkaError:
-    error = exc.args[0]
-    if isinstance(error, KafkaError):
-        return error
-    return KafkaError(KafkaError._FAIL, str(error))
-
-
 class KafkaTransactionalProducer:
     """One transactional producer; one open transaction at a time."""
 
@@ -96,7 +90,7 @@ class KafkaTransactionalProducer:
         linger_ms: int = 1,
     ) -> None:
         if not transactional_id:
-            raise ValueError("a transactional producer needs a transactional_id")
+            raise ConfigurationError("a transactional producer needs a transactional_id")
         self.transactional_id = transactional_id
         self._config = settings.client_config(**{"linger.ms": linger_ms})
         self._config.update(
@@ -129,7 +123,7 @@ class KafkaTransactionalProducer:
         try:
             producer.init_transactions(self._timeout)
         except KafkaException as exc:
-            error = _kafka_error(exc)
+            error = kafka_error(exc)
             raise PublishError(
                 f"cannot initialise transactions: {error.str()}",
                 transactional_id=self.transactional_id,
@@ -218,7 +212,7 @@ class KafkaTransactionalProducer:
         try:
             return call()
         except KafkaException as exc:
-            error = _kafka_error(exc)
+            error = kafka_error(exc)
             if error.code() in _FENCED:
                 raise self._fenced(what, error) from exc
             if error.fatal():
@@ -290,7 +284,7 @@ class KafkaTransaction:
                         self._fail("local producer queue stayed full", record.topic)
                     producer.poll(0.05)
                 except KafkaException as exc:
-                    self._fail(f"record not accepted: {_kafka_error(exc).str()}", record.topic)
+                    self._fail(f"record not accepted: {kafka_error(exc).str()}", record.topic)
         if not batch.done.wait(max(0.0, deadline - time.monotonic())):
             self._fail("records not acknowledged in time", records[0].topic if records else None)
         if batch.errors:
@@ -313,7 +307,7 @@ class KafkaTransaction:
                 ),
             )
         except KafkaException as exc:
-            self._fail(f"offsets not added: {_kafka_error(exc).str()}", None)
+            self._fail(f"offsets not added: {kafka_error(exc).str()}", None)
 
     def _fail_fenced(self, error: KafkaError) -> None:
         """A record refused as fenced: decide what it means, end the transaction, raise."""
@@ -354,7 +348,7 @@ class KafkaTransaction:
                     )
                     return
                 except KafkaException as exc:
-                    error = _kafka_error(exc)
+                    error = kafka_error(exc)
                     if error.txn_requires_abort():
                         self._abort_quietly()
                         raise TransactionAborted(
@@ -391,7 +385,7 @@ class KafkaTransaction:
                 owner.producer.abort_transaction(owner._timeout)
                 return
             except KafkaException as exc:
-                error = _kafka_error(exc)
+                error = kafka_error(exc)
                 if error.code() in _FENCED:
                     # Aborted already (by the broker's timeout or the newer owner's epoch).
                     owner._fenced("abort_transaction", error)

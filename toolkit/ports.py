@@ -26,9 +26,12 @@ __all__ = [
     "EncodedPayload",
     "EventCodec",
     "EventPositionIndex",
+    "GroupMembers",
     "Headers",
     "LockLease",
     "LockService",
+    "LogInspector",
+    "LogOffsets",
     "OffsetSource",
     "OutgoingRecord",
     "PositionListener",
@@ -37,6 +40,7 @@ __all__ = [
     "ReadModelStore",
     "RecordConsumer",
     "RecordProducer",
+    "RecordTimestamps",
     "RecordTransaction",
     "RevokeCallback",
     "SagaStepStore",
@@ -232,6 +236,55 @@ class OffsetSource(Protocol):
         """The offset after the last committed record of each partition (the last
         stable offset); with ``include_open_transactions``, after the last record
         written, decided or not (the high watermark)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class LogOffsets:
+    """Where one partition's log starts and ends."""
+
+    start: int  # the earliest offset still kept (retention moves it)
+    stable: int  # the last stable offset: after the last decided record (read_committed end)
+    end: int  # the high watermark: after the last record written, decided or not
+
+
+@dataclass(frozen=True, slots=True)
+class GroupMembers:
+    """Who is in a consumer group now: live members and the partitions they hold."""
+
+    state: str
+    members: int
+    assigned: frozenset[TopicPartition] = frozenset()
+
+
+class LogInspector(Protocol):
+    """What a monitor reads of the log and of consumer groups, in batched requests
+    (never one request per partition). Failures raise AdminError."""
+
+    def log_offsets(self, topics: Iterable[str]) -> dict[TopicPartition, LogOffsets]:
+        """Start, last stable and end offsets of every partition of ``topics``."""
+        ...
+
+    def group_offsets(
+        self, groups: Mapping[str, Sequence[TopicPartition]]
+    ) -> dict[str, dict[TopicPartition, int]]:
+        """Committed (next-to-read) offsets per group; partitions without one are absent."""
+        ...
+
+    def group_members(self, groups: Sequence[str]) -> dict[str, GroupMembers]:
+        """The live members of each group (a group nobody joined has none)."""
+        ...
+
+
+class RecordTimestamps(Protocol):
+    """Reads the timestamps of records at given offsets."""
+
+    def timestamps(
+        self, offsets: Mapping[TopicPartition, int], timeout: float
+    ) -> dict[TopicPartition, int]:
+        """Per partition, the timestamp (ms) of the first committed record at or after
+        the offset; absent when none comes before the last stable offset, or none
+        arrived within ``timeout`` seconds. Raises AdminError when Kafka cannot be read."""
         ...
 
 

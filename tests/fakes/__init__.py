@@ -7,6 +7,7 @@ Each passes its port's contract suite (``tests/contracts/``), run in
 
 from tests.fakes.locks import InMemoryLease, InMemoryLockService
 from tests.fakes.log import InMemoryConsumer, InMemoryLog
+from tests.fakes.monitor import InMemoryLogInspector
 from tests.fakes.offsets import InMemoryOffsets
 from tests.fakes.positions import InMemoryEventPositionIndex, InMemoryPositions
 from tests.fakes.stores import (
@@ -23,6 +24,7 @@ __all__ = [
     "InMemoryLease",
     "InMemoryLockService",
     "InMemoryLog",
+    "InMemoryLogInspector",
     "InMemoryOffsets",
     "InMemoryPositions",
     "InMemoryReadModelStore",

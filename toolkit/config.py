@@ -76,6 +76,8 @@ __all__ = [
     "KafkaTlsConfig",
     "KctConfig",
     "LockAcl",
+    "MonitorConfig",
+    "MonitorTargetConfig",
     "RedisConfig",
     "SaslConfig",
     "StrongRule",
@@ -535,6 +537,43 @@ class ConflictPolicy(_Model):
         return merge
 
 
+BreachStatus = Literal["WARN", "ERR"]
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+class MonitorTargetConfig(_Model):
+    """One consumer group the monitor watches (see docs/monitoring.md)."""
+
+    topics: Annotated[tuple[NonEmpty, ...], Field(min_length=1)]
+    group: NonEmpty | None = None  # default: the entry's name (a projection's group)
+    kind: Literal["projection", "saga-state", "participant", "group"] = "projection"
+    read_model: bool | None = None  # default: true for projection and saga-state
+    definition: MergePath | None = None  # 'module:attr', the Projection, for `verify`
+    max_lag_events: PositiveInt | None = None  # default: monitor.max_lag_events
+    max_lag_seconds: Seconds | None = None  # default: monitor.max_lag_seconds
+    on_breach: BreachStatus | None = None  # default: monitor.on_breach
+
+    @property
+    def has_read_model(self) -> bool:
+        if self.read_model is not None:
+            return self.read_model
+        return self.kind in ("projection", "saga-state")
+
+
+class MonitorConfig(_Model):
+    """The consistency monitor: what it watches, its window, thresholds and exports."""
+
+    window: Annotated[int, Field(ge=2, le=1000)] = 10  # checks per partition in the window
+    interval: Seconds = 5.0  # seconds between checks (`kct monitor serve`, `kct lag --watch`)
+    max_lag_events: PositiveInt | None = None
+    max_lag_seconds: Seconds | None = 300.0
+    on_breach: BreachStatus = "WARN"
+    timestamp_timeout: Seconds = 2.0
+    listen: HostPorts = "127.0.0.1:9464"  # the Prometheus endpoint of `kct monitor serve`
+    otlp: bool = False  # also push metrics over OTLP/HTTP (OTEL_EXPORTER_OTLP_* variables)
+    projections: dict[NonEmpty, MonitorTargetConfig] = Field(default_factory=dict)
+
+
 class KctConfig(_Model):
     """The whole ``kct.yaml`` (version 1)."""
 
@@ -546,6 +585,7 @@ class KctConfig(_Model):
     redis: RedisConfig = Field(default_factory=RedisConfig)
     consistency: ConsistencyConfig = Field(default_factory=ConsistencyConfig)
     conflicts: dict[NonEmpty, ConflictPolicy] = Field(default_factory=dict)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     _source: str = PrivateAttr(default="<string>")
 
     @field_validator("version", mode="before")

@@ -192,17 +192,22 @@ def decode_record(record: ConsumedRecord, codec: EventCodec) -> ConsumedEvent:
     hlc = _HLC_FORM(text[_HLC])
     if hlc is None:
         _invalid(record, _HLC, text[_HLC], "is not wall_ms:logical:node")
-    for name, limit in _BOUNDED:
-        value = text.get(name)
-        if value is not None and not 0 < len(value) <= limit:
-            _invalid(record, name, value, f"must be 1 to {limit} characters")
-    schema_ref = text[_SCHEMA]
+    event_type, aggregate_type = text[_EVENT_TYPE], text[_AGGREGATE_TYPE]
+    aggregate_id, schema_ref = text[_AGGREGATE_ID], text[_SCHEMA]
+    # One chained comparison on the hot path; the slow path names the header.
+    if not (
+        0 < len(event_type) <= 512
+        and 0 < len(aggregate_type) <= 256
+        and 0 < len(aggregate_id) <= MAX_ID_CHARS
+        and 0 < len(schema_ref) <= 600
+    ):
+        _check_lengths(text, record)
     payload = codec.decode(record.value, schema_ref)
     wall, logical, node = hlc.groups()
     envelope = Envelope(
-        text[_EVENT_TYPE],
-        text[_AGGREGATE_TYPE],
-        text[_AGGREGATE_ID],
+        event_type,
+        aggregate_type,
+        aggregate_id,
         int(sequence),
         payload,
         event_id,
@@ -277,6 +282,13 @@ def _check_duplicates(record: ConsumedRecord) -> None:
                 header=name,
                 position=str(record.position),
             )
+
+
+def _check_lengths(text: Mapping[str, str], record: ConsumedRecord) -> None:
+    for name, limit in _BOUNDED:
+        value = text[name]
+        if not 0 < len(value) <= limit:
+            _invalid(record, name, value, f"must be 1 to {limit} characters")
 
 
 def _invalid(record: ConsumedRecord, name: str, value: str, problem: str) -> NoReturn:

@@ -63,8 +63,10 @@ from toolkit.yaml_source import (
 __all__ = [
     "DEFAULT_CLIENT_ID",
     "DEFAULT_DEPLOYMENT",
+    "DEFAULT_JAEGER_QUERY_URL",
     "DEFAULT_KAFKA_BOOTSTRAP",
     "DEFAULT_LOCK_ROOT",
+    "DEFAULT_OTLP_ENDPOINT",
     "DEFAULT_REDIS_URL",
     "DEFAULT_ZOOKEEPER_HOSTS",
     "DEFAULT_ZOOKEEPER_SESSION_TIMEOUT",
@@ -81,6 +83,7 @@ __all__ = [
     "RedisConfig",
     "SaslConfig",
     "StrongRule",
+    "TelemetryConfig",
     "TlsConfig",
     "ZnodePath",
     "ZooKeeperAuth",
@@ -104,6 +107,9 @@ DEFAULT_KAFKA_BOOTSTRAP = f"127.0.0.1:{LOCAL_PORTS['kafka']}"
 DEFAULT_ZOOKEEPER_HOSTS = f"127.0.0.1:{LOCAL_PORTS['zookeeper']}"
 DEFAULT_REDIS_URL = f"redis://127.0.0.1:{LOCAL_PORTS['redis']}/0"
 DEFAULT_LOCK_ROOT = "/kct/locks"
+# The local stack's Jaeger: OTLP/HTTP receiver and query API (they keep Jaeger's ports).
+DEFAULT_OTLP_ENDPOINT = "http://127.0.0.1:4318"
+DEFAULT_JAEGER_QUERY_URL = "http://127.0.0.1:16686"
 DEFAULT_CLIENT_ID = "kct"
 DEFAULT_ZOOKEEPER_SESSION_TIMEOUT = 10.0
 _SASL_PROTOCOLS = ("SASL_PLAINTEXT", "SASL_SSL")
@@ -468,6 +474,33 @@ class ConsistencyConfig(_Model):
         return rule.projections if rule and rule.projections is not None else self.projections
 
 
+def _http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise _invalid("expected an http:// or https:// URL with a host")
+    if parts.username is not None or parts.password is not None:
+        raise _invalid("credentials do not belong in the URL")
+    return value.rstrip("/")
+
+
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+
+
+class TelemetryConfig(_Model):
+    """Tracing: OpenTelemetry spans exported over OTLP/HTTP (see docs/configuration.md).
+
+    Unset fields are filled from the standard ``OTEL_*`` variables, then from
+    the defaults (the local stack's Jaeger); ``OTEL_SDK_DISABLED=true`` turns
+    tracing off whatever the file says.
+    """
+
+    enabled: bool = True
+    service_name: ServiceName | None = None  # default: OTEL_SERVICE_NAME, else ``service``
+    endpoint: HttpUrl | None = None  # OTLP/HTTP base URL; spans go to <endpoint>/v1/traces
+    sampling_ratio: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] | None = None
+    query_url: HttpUrl | None = None  # Jaeger's query API, for `kct trace`
+
+
 def _refuse_lossy(strategies: tuple[Strategy, ...]) -> None:
     """Refuse the pipelines that lose or double-apply events (docs/configuration.md)."""
     if "reorder" in strategies and ("merge" in strategies or "reject" in strategies):
@@ -586,6 +619,7 @@ class KctConfig(_Model):
     consistency: ConsistencyConfig = Field(default_factory=ConsistencyConfig)
     conflicts: dict[NonEmpty, ConflictPolicy] = Field(default_factory=dict)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    telemetry: TelemetryConfig | None = None  # absent: no tracing
     _source: str = PrivateAttr(default="<string>")
 
     @field_validator("version", mode="before")

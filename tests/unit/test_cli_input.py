@@ -106,6 +106,13 @@ CASES = [
         code=2,
         expected="expected TYPE:ID",
     ),
+    # kct status / lag / monitor verify|serve
+    case("status", "--config", "{dir}/missing.yaml", expected="configuration file not found"),
+    case("status", "--checks", "1", code=2, expected="Invalid value for '--checks'"),
+    case("lag", "--config", "{dir}/extra-secrets.yaml", expected="monitor.projections is empty"),
+    case("monitor", "verify", code=2, expected="Missing argument 'PROJECTION'"),
+    case("monitor", "verify", "x", "--sample", "0", code=2, expected="Invalid value"),
+    case("monitor", "serve", "--config", "{dir}/missing.yaml", expected="not found"),
     # kct saga status / list
     case("saga", "status", code=2, expected="Missing argument 'SAGA_ID'"),
     case("saga", "status", "x", KCT_REDIS_URL="notaurl", expected="KCT_REDIS_URL: expected"),

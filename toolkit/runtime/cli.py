@@ -20,6 +20,7 @@ import click
 
 from toolkit.errors import ToolkitError
 from toolkit.runtime.config_cli import check_environment, config
+from toolkit.runtime.monitor_cli import lag, monitor, status
 from toolkit.runtime.saga_cli import saga
 from toolkit.runtime.stack.cli import stack
 
@@ -80,6 +81,9 @@ def demo(events: int, orders: int, use_running_kafka: bool) -> None:
 cli.add_command(stack)
 cli.add_command(config)
 cli.add_command(saga)
+cli.add_command(status)
+cli.add_command(lag)
+cli.add_command(monitor)
 
 
 def _fail(message: str, code: int = 1) -> None:

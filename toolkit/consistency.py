@@ -210,6 +210,20 @@ class ReadAfterWrite:
         ``after`` adds an earlier token (e.g. from a request header), so the
         query also reflects the caller's previous writes.
         """
+        hooks = self.interceptor
+        if hooks is None:
+            return self._execute(command, query, after, timeout)
+        return hooks.read_after_write(
+            self._projections, lambda: self._execute(command, query, after, timeout)
+        )
+
+    def _execute(
+        self,
+        command: Callable[[], Iterable[Position] | ConsistencyToken],
+        query: Callable[[], T],
+        after: ConsistencyToken | str | None,
+        timeout: float | timedelta | None,
+    ) -> ReadResult[T]:
         written = command()
         token = as_token(written)
         if after is not None:

@@ -24,7 +24,8 @@ over OTLP/HTTP (Jaeger, a Collector). What it guarantees:
   phases ``lock acquire``, ``lock hold``, ``barrier``, ``run``,
   ``transaction``; ``wait``; ``read-after-write``; ``saga {type}`` (the
   saga's root: one saga is one trace), ``execute|compensate {step}``,
-  ``watchdog timeout {step}`` (a child of the saga's root, from its state),
+  ``watchdog timeout {step}`` (a child of the saga's start message, whose
+  context its state keeps),
   ``dead-letter {topic}`` (status ERROR, with the reason).
 * **Parent-based sampling**: a trace is recorded whole or not at all; roots
   are kept with ``sampling_ratio``. A message whose context is not sampled

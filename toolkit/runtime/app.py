@@ -5,6 +5,11 @@ projection runners, consistency manager, read-after-write) from
 :class:`KctSettings`. Tests, benchmarks, the demo and (later) the sidecar use
 it, so the wiring lives in one place.
 
+Interceptors (:mod:`toolkit.interceptors`): tracing from the ``telemetry``
+settings (:class:`~connectors.telemetry.OpenTelemetryTracingInterceptor`) and
+any passed as ``Kct(interceptors=[...])`` (metrics) are chained once and
+handed to every component; with none, the core never calls the seam.
+
 Saga participants' consumer groups are namespaced by :func:`saga_group`
 (deployment, saga types, participant), so independent deployments and test
 runs on one cluster never share a group.
@@ -32,6 +37,7 @@ from connectors.redis import (
     RedisSagaStepStore,
     RedisSettings,
 )
+from connectors.telemetry import OpenTelemetryTracingInterceptor, TracingSettings
 from connectors.zookeeper import ZooKeeperLockService, ZooKeeperSettings
 from toolkit.boundary import ConsistencyBoundary, ConsistencyPolicy, OperationContext
 from toolkit.config import DEFAULT_DEPLOYMENT, KctConfig
@@ -40,6 +46,7 @@ from toolkit.consistency import EventualConsistencyManager, ReadAfterWrite
 from toolkit.dead_letter import DeadLetterQueue
 from toolkit.errors import ConfigurationError
 from toolkit.hlc import HybridLogicalClock
+from toolkit.interceptors import Interceptor, chain
 from toolkit.positions import TopicPartition, is_valid_topic_name
 from toolkit.projection import Projection, ProjectionRunner
 from toolkit.publisher import EventPublisher
@@ -85,6 +92,8 @@ class KctSettings:
     node_id: str = field(default_factory=_default_node_id)
     schema_dirs: tuple[Path, ...] = ()
     deployment: str = DEFAULT_DEPLOYMENT  # kct.yaml's ``deployment``, or KCT_DEPLOYMENT
+    # Tracing (kct.yaml's ``telemetry``, OTEL_*): off unless configured.
+    tracing: TracingSettings = field(default_factory=lambda: TracingSettings(enabled=False))
 
     def __post_init__(self) -> None:
         if len(self.deployment) > 64 or not is_valid_topic_name(self.deployment):
@@ -105,6 +114,7 @@ class KctSettings:
             zookeeper=ZooKeeperSettings.from_config(config.zookeeper),
             node_id=node_id,
             deployment=config.deployment,
+            tracing=TracingSettings.from_config(config.telemetry, config.service),
         )
 
     @classmethod
@@ -115,6 +125,7 @@ class KctSettings:
             redis=RedisSettings.from_env(environ),
             zookeeper=ZooKeeperSettings.from_env(environ),
             deployment=env.get("KCT_DEPLOYMENT") or DEFAULT_DEPLOYMENT,
+            tracing=TracingSettings.from_env(environ=environ),
         )
 
 
@@ -122,9 +133,14 @@ class Kct:
     """Everything a service needs, wired once."""
 
     def __init__(
-        self, settings: KctSettings | None = None, config: KctConfig | None = None
+        self,
+        settings: KctSettings | None = None,
+        config: KctConfig | None = None,
+        *,
+        interceptors: Sequence[Interceptor] = (),
     ) -> None:
         self.config = config
+        self._interceptors = tuple(interceptors)
         self._owned: list[KafkaTransactionalProducer] = []
         if settings is None:
             settings = KctSettings.from_config(config) if config else KctSettings.from_env()
@@ -141,6 +157,18 @@ class Kct:
         if self.config is None or not self.config.conflicts:
             return None
         return resolver_from_config(self.config.conflicts)
+
+    @cached_property
+    def tracing(self) -> OpenTelemetryTracingInterceptor | None:
+        """The tracing interceptor, when ``settings.tracing`` is enabled."""
+        if not self.settings.tracing.enabled:
+            return None
+        return OpenTelemetryTracingInterceptor.from_settings(self.settings.tracing)
+
+    @cached_property
+    def interceptor(self) -> Interceptor | None:
+        """Tracing (outermost) and the given interceptors, chained; None without any."""
+        return chain(self.tracing, *self._interceptors)
 
     @cached_property
     def codec(self) -> AvroCodec:
@@ -174,7 +202,9 @@ class Kct:
 
     @cached_property
     def publisher(self) -> EventPublisher:
-        return EventPublisher(self.producer, self.codec, self.clock, self.index)
+        return EventPublisher(
+            self.producer, self.codec, self.clock, self.index, interceptor=self.interceptor
+        )
 
     @cached_property
     def store(self) -> RedisReadModelStore:
@@ -194,7 +224,9 @@ class Kct:
 
     @cached_property
     def consistency(self) -> EventualConsistencyManager:
-        return EventualConsistencyManager(self.tracker, self.listener, self.index)
+        return EventualConsistencyManager(
+            self.tracker, self.listener, self.index, interceptor=self.interceptor
+        )
 
     def read_after_write(self, projections: Sequence[str], timeout: float = 5.0) -> ReadAfterWrite:
         return ReadAfterWrite(self.consistency, projections, timeout)
@@ -223,6 +255,7 @@ class Kct:
             consistency=self.consistency,
             offsets=self.admin,
             before_commit=before_commit,
+            interceptor=self.interceptor,
         )
 
     @cached_property
@@ -257,9 +290,10 @@ class Kct:
             publisher=self.publisher,
             codec=self.codec,
             store=self.saga_steps,
-            dead_letters=DeadLetterQueue(self.producer, group),
+            dead_letters=self.dead_letters(group),
             group_metadata=consumer.group_metadata,
             clock=self.clock,
+            interceptor=self.interceptor,
             **options,
         )
 
@@ -272,6 +306,7 @@ class Kct:
             publisher=self.publisher,
             states=self.store,
             state_projection=state_projection,
+            interceptor=self.interceptor,
         )
 
     def saga_watchdog(
@@ -289,13 +324,14 @@ class Kct:
             state_projection=state_projection,
             transactions=self.transactions,
             publisher=self.publisher,
+            interceptor=self.interceptor,
         )
 
     def saga_state_runner(
         self, definitions: Mapping[str, SagaDefinition], state_projection: str = SAGA_STATE
     ) -> ProjectionRunner:
         """The projection folding saga replies into ``saga:<id>`` documents."""
-        return self.runner(saga_state_projection(state_projection, definitions))
+        return self.runner(saga_state_projection(state_projection, definitions, self.interceptor))
 
     def runner(
         self,
@@ -319,7 +355,7 @@ class Kct:
             consumer,
             self.codec,
             self.store,
-            DeadLetterQueue(self.producer, projection.name),
+            self.dead_letters(projection.name),
             notifier=self.notifier,
             clock=self.clock,
             max_batch=max_batch,
@@ -327,7 +363,12 @@ class Kct:
             resolver=resolver if resolver is not None else self.resolver,
             idle_expiry=idle_expiry,
             gap_ticks=self.publisher,
+            interceptor=self.interceptor,
         )
+
+    def dead_letters(self, consumer_group: str) -> DeadLetterQueue:
+        """The dead-letter queue of ``consumer_group`` (through the interceptors)."""
+        return DeadLetterQueue(self.producer, consumer_group, interceptor=self.interceptor)
 
     def close(self) -> None:
         """Stop the listener, flush the producer, close Redis connections."""
@@ -344,3 +385,6 @@ class Kct:
         for name in ("store", "notifier", "index", "saga_steps"):
             if name in self.__dict__:
                 self.__dict__[name].close()
+        interceptor = self.__dict__.get("interceptor") or self.__dict__.get("tracing")
+        if isinstance(interceptor, Interceptor):
+            interceptor.close()  # flushes buffered spans

@@ -98,6 +98,16 @@ class CoordinationError(ConnectorError):
     """The lock service (ZooKeeper) failed or could not be reached."""
 
 
+class ServiceUnavailable(ConnectorError):
+    """A service's HTTP handler did not answer (refused, timed out, 5xx) after its
+    retries: the loop pauses and retries, it never skips the event or command."""
+
+
+class ServiceRejected(ToolkitError):
+    """A service's HTTP handler refused an event or command (4xx) or answered
+    something that is not a valid outcome: a handler error for that one."""
+
+
 class TransactionAborted(PublishError):
     """A Kafka transaction was aborted: none of its records will be read by
     ``read_committed`` consumers."""
@@ -137,6 +147,8 @@ __all__ = [
     "PublishError",
     "SagaError",
     "SerializationError",
+    "ServiceRejected",
+    "ServiceUnavailable",
     "StackError",
     "StepFailed",
     "StoreError",

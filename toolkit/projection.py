@@ -42,9 +42,12 @@ not touch the seam.
 
 Failure modes: a handler that raises on an event dead-letters that event
 (reason ``handler_error``) with nothing of it applied, and the runner moves
-on. Any backend failure in a cycle (the store, Kafka, the dead-letter topic)
-does not end :meth:`ProjectionRunner.run`: nothing of the cycle is committed,
-the partitions are rewound to the stored offsets, the runner reports itself
+on; a handler that raises a ``ConnectorError`` (a backend it reads, or the
+service behind an HTTP handler, is down) fails the cycle instead, like any
+backend failure below: the event is never skipped. Any backend failure in a
+cycle (the store, Kafka, the dead-letter topic) does not end
+:meth:`ProjectionRunner.run`: nothing of the cycle is committed, the
+partitions are rewound to the stored offsets, the runner reports itself
 unhealthy (:attr:`ProjectionRunner.health`) and waits with capped back-off,
 staying in its group, then tries again and heals by itself. A failed Kafka
 commit is retried by the next cycle (the store already has the offsets).
@@ -274,6 +277,8 @@ class RunnerStats:
     failed_cycles: int = 0
     # Gap ticks written to idle partitions (see _send_gap_tick).
     gap_ticks: int = 0
+    # Assignments received (an empty one included): > 0 once the runner joined its group.
+    assignments: int = 0
     owned: set[TopicPartition] = field(default_factory=set)
 
 
@@ -348,6 +353,7 @@ class ProjectionRunner:
     # -- group membership -------------------------------------------------
     def _on_assign(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
         # Runs inside the consumer's poll: it must not raise.
+        self.stats.assignments += 1
         try:
             stored = self._store.applied_offsets(self.projection.name, partitions)
         except ConnectorError as exc:
@@ -565,6 +571,8 @@ class ProjectionRunner:
                     handler(envelope, batch)
                 else:
                     hooks.process(event, name, partial(handler, envelope, batch))
+            except ConnectorError:  # a backend (or the service) is down: retry the cycle
+                raise
             except Exception as exc:  # a handler bug or a poison event: isolate it
                 self._handler_failed(exc, envelope, event, batch, mark)
                 continue
@@ -634,6 +642,8 @@ class ProjectionRunner:
                     self.projection.name,
                     partial(handler, envelope, batch),
                 )
+        except ConnectorError:  # a backend (or the service) is down: retry the cycle
+            raise
         except Exception as exc:  # a handler bug or a poison event: isolate it
             self._handler_failed(exc, envelope, event, batch, mark)
             return 0

@@ -20,7 +20,9 @@ replay re-publish, not re-act: every local effect happens exactly once.
 
 Actions: ``action(step_context, view) -> context delta`` (a mapping of
 strings) for EXECUTE; raise :class:`StepFailed` for a business failure (no
-retry). Other exceptions are retried with back-off, then count as a failure.
+retry). Other exceptions are retried with back-off, then count as a failure;
+a ``ConnectorError`` (a backend the action reads, or the service behind an
+HTTP action, is down) rewinds the poll instead: the step is decided later.
 Compensations run only for steps that executed successfully here (anything
 else has nothing to undo, so "compensate step k" is safe whether or not step
 k ran); one that still fails after ``compensation_retries`` goes to the
@@ -188,6 +190,7 @@ class SagaParticipant:
             )
 
     def _assigned(self, partitions: list[TopicPartition]) -> None:
+        self.stats["assignments"] += 1  # > 0 once joined (an empty assignment included)
         self._owned.update(partitions)
 
     def _revoked(self, partitions: list[TopicPartition]) -> None:
@@ -362,6 +365,8 @@ class SagaParticipant:
             except StepFailed as exc:
                 error = exc.message
                 break
+            except ConnectorError:  # a backend or the service is down: rewind the poll
+                raise
             except Exception as exc:  # technical trouble: retried, then a failure
                 error = f"{type(exc).__name__}: {exc}"
                 if attempt <= self._retries:
@@ -444,6 +449,8 @@ class SagaParticipant:
             batch = ReadModelBatch(self._store, self.read_model)
             try:
                 action(self._context(command, step, attempt), batch)
+            except ConnectorError:  # a backend or the service is down: rewind the poll
+                raise
             except Exception as exc:  # a compensation must not give up quietly
                 error = f"{type(exc).__name__}: {exc}"
                 log.warning(

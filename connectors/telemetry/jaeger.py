@@ -92,13 +92,14 @@ def _parse_trace(raw: Mapping[str, Any]) -> JaegerTrace:
     }
     spans: list[JaegerSpan] = []
     for item in raw.get("spans") or ():
-        parent = None
-        links: list[str] = []
-        for reference in item.get("references") or ():
-            if reference.get("refType") == "CHILD_OF" and parent is None:
-                parent = str(reference.get("spanID"))
-            else:
-                links.append(str(reference.get("spanID")))
+        references = list(item.get("references") or ())
+        # Jaeger's parent: the CHILD_OF reference, else (as its UI reads it) the first
+        # reference in the same trace; a link to the parent itself arrives as FOLLOWS_FROM.
+        chosen = next((r for r in references if r.get("refType") == "CHILD_OF"), None)
+        if chosen is None:
+            chosen = next((r for r in references if r.get("traceID") == item.get("traceID")), None)
+        parent = None if chosen is None else str(chosen.get("spanID"))
+        links = [str(r.get("spanID")) for r in references if r is not chosen]
         spans.append(
             JaegerSpan(
                 trace_id=str(item.get("traceID", "")).rjust(32, "0"),

@@ -318,10 +318,14 @@ class OpenTelemetryTracingInterceptor(Interceptor):
             f"apply {projection}", context=parent, kind=SpanKind.CONSUMER, attributes=attributes
         ) as span:
             if span.is_recording():
+                parent_span = None if parent is None else trace.get_current_span(parent)
                 for envelope in traced[:_MAX_LINKS]:
                     remote = _extract(envelope.traceparent, envelope.tracestate)
-                    if remote is not None:
-                        span.add_link(trace.get_current_span(remote).get_span_context())
+                    if remote is None:
+                        continue
+                    linked = trace.get_current_span(remote).get_span_context()
+                    if parent_span is None or linked != parent_span.get_span_context():
+                        span.add_link(linked)  # the parent itself needs no link
             return proceed()
 
     def dead_letter(

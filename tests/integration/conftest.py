@@ -35,6 +35,7 @@ class Endpoints:
     jaeger_query_url: str
     log_dir: Path | None
     kafka_sasl_bootstrap: str = ""  # a SASL_PLAINTEXT SCRAM-SHA-512 listener
+    otlp_http: str = "http://127.0.0.1:4318"  # the OTLP/HTTP receiver (tracing tests)
 
 
 @pytest.fixture(scope="session")
@@ -48,6 +49,7 @@ def endpoints() -> Endpoints:
             jaeger_query_url=os.environ.get("KCT_JAEGER_QUERY_URL", "http://127.0.0.1:16686"),
             log_dir=None,
             kafka_sasl_bootstrap=os.environ.get("KCT_KAFKA_SASL_BOOTSTRAP", ""),
+            otlp_http=os.environ.get("KCT_OTLP_ENDPOINT", "http://127.0.0.1:4318"),
         )
     stack = LocalStack()
     stack.up()
@@ -60,6 +62,7 @@ def endpoints() -> Endpoints:
         jaeger_query_url=found.jaeger_query_url,
         log_dir=stack.layout.logs,
         kafka_sasl_bootstrap=found.kafka_sasl_bootstrap,
+        otlp_http=found.otlp_http,
     )
 
 

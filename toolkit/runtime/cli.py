@@ -23,6 +23,7 @@ from toolkit.runtime.config_cli import check_environment, config
 from toolkit.runtime.monitor_cli import lag, monitor, status
 from toolkit.runtime.saga_cli import saga
 from toolkit.runtime.stack.cli import stack
+from toolkit.runtime.trace_cli import trace
 
 log = logging.getLogger("toolkit.runtime.cli")
 # A URL's user:password@, and key=value pairs whose key names a secret
@@ -84,6 +85,7 @@ cli.add_command(saga)
 cli.add_command(status)
 cli.add_command(lag)
 cli.add_command(monitor)
+cli.add_command(trace)
 
 
 def _fail(message: str, code: int = 1) -> None:

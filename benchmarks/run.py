@@ -23,6 +23,7 @@ from benchmarks.common import endpoints
 from benchmarks.conflicts import conflicts_section, run_conflicts
 from benchmarks.latency import run_latency
 from benchmarks.machine import machine_facts
+from benchmarks.monitor import monitor_section, run_monitor
 from benchmarks.report import print_report, write_results
 from benchmarks.sagas import run_sagas, sagas_section
 from benchmarks.throughput import run_throughput
@@ -94,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     sections.append(conflicts_section(run_conflicts(sizes["decisions"], console.print)))
     console.print(f"[bold]sagas[/] ({sizes['sagas']:,} OrderFulfillment sagas)")
     sections.append(sagas_section(run_sagas(ep, sizes["sagas"], console.print)))
+    console.print("[bold]monitor[/] (one check over 100 / 300 / 1,000 partitions; scrapes)")
+    sections.append(monitor_section(run_monitor(ep, 10 if quick else 30, console.print)))
     wall = time.perf_counter() - started
 
     print_report(console, facts, lat, tp, sections)

@@ -46,12 +46,14 @@ _offset_option = click.option(
 _json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
 
-def _make_stack(state_dir: Path | None, port_offset: int | None) -> LocalStack:
+def _make_stack(
+    state_dir: Path | None, port_offset: int | None, cluster: bool | None = None
+) -> LocalStack:
     state = state_dir or default_state_dir()
     if port_offset is None:
         recorded = LocalStack.recorded_port_offset(state)
         port_offset = default_port_offset() if recorded is None else recorded
-    return LocalStack(state_dir=state, port_offset=port_offset)
+    return LocalStack(state_dir=state, port_offset=port_offset, cluster=cluster)
 
 
 def _setup_logging() -> None:
@@ -72,7 +74,8 @@ def _print_status(status: StackStatus, as_json: bool, with_detail: bool = False)
     if as_json:
         click.echo(json.dumps(status.to_json(), indent=2))
         return
-    table = Table(title=f"kct stack ({status.state_dir}, port offset {status.port_offset})")
+    kind = "cluster, " if status.cluster else ""
+    table = Table(title=f"kct stack ({kind}{status.state_dir}, port offset {status.port_offset})")
     table.add_column("service")
     table.add_column("endpoint", no_wrap=True)
     for column in ("pid", "running", "healthy"):
@@ -102,13 +105,19 @@ def stack() -> None:
 @stack.command()
 @_state_dir_option
 @_offset_option
+@click.option(
+    "--cluster",
+    is_flag=True,
+    help="Three Kafka nodes (replication factor 3, min.insync.replicas 2), a three-node "
+    "ZooKeeper ensemble and Redis, instead of one of each.",
+)
 @_json_option
-def up(state_dir: Path | None, port_offset: int | None, as_json: bool) -> None:
+def up(state_dir: Path | None, port_offset: int | None, cluster: bool, as_json: bool) -> None:
     """Provision and start the stack; wait until every server answers. Idempotent."""
     _setup_logging()
     started = time.monotonic()
     try:
-        status = _make_stack(state_dir, port_offset).up()
+        status = _make_stack(state_dir, port_offset, cluster).up()
     except ToolkitError as exc:
         _fail(exc)
         return

@@ -1,10 +1,14 @@
 """``kct stack``: a real Kafka, ZooKeeper, Redis and Jaeger on loopback, without Docker.
 
 :class:`LocalStack` provisions (Maven, ``go build``, ``apt-get`` when missing),
-configures, starts, checks and stops the four servers of one stack. A stack is
-one state directory (``~/.local/state/kct``, ``$KCT_STATE_DIR``) holding data,
-logs, pid records, rendered configs and ``stack.json``; a port offset shifts
-every port so a second stack can run beside the first.
+configures, starts, checks and stops the servers of one stack: one of each by
+default, or (``cluster=True``) three Kafka nodes, a three-node ZooKeeper
+ensemble and Redis. A stack is one state directory (``~/.local/state/kct``,
+``$KCT_STATE_DIR``) holding data, logs, pid records, rendered configs and
+``stack.json`` (which records the port offset and the topology, so later
+commands on that directory need neither); a port offset shifts every port so
+a second stack can run beside the first. ``kill``, ``freeze``, ``thaw`` and
+``start`` act on one named node (``kafka-2``), for fault tests.
 
 Guarantees:
 
@@ -34,6 +38,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -45,10 +50,12 @@ from toolkit.errors import StackError
 from toolkit.runtime.stack import process as proc
 from toolkit.runtime.stack.provision import default_cache_dir
 from toolkit.runtime.stack.services import (
-    SERVICE_TYPES,
+    CLUSTER,
+    SINGLE,
     Service,
     StackLayout,
     StackPorts,
+    services_for,
 )
 
 __all__ = [
@@ -127,6 +134,7 @@ class StackStatus:
     state_dir: Path
     port_offset: int
     services: dict[str, ServiceStatus]
+    cluster: bool = False
 
     @property
     def all_healthy(self) -> bool:
@@ -136,6 +144,7 @@ class StackStatus:
         return {
             "state_dir": str(self.state_dir),
             "port_offset": self.port_offset,
+            "cluster": self.cluster,
             "services": {name: s.to_json() for name, s in self.services.items()},
         }
 
@@ -149,6 +158,7 @@ class LocalStack:
         port_offset: int | None = None,
         cache_dir: Path | None = None,
         *,
+        cluster: bool | None = None,
         ready_timeout: float = READY_TIMEOUT,
     ) -> None:
         self.state_dir = (state_dir or default_state_dir()).expanduser().absolute()
@@ -160,17 +170,35 @@ class LocalStack:
             cache_dir=(cache_dir or default_cache_dir()).expanduser().absolute(),
         )
         self.ready_timeout = ready_timeout
+        # None: whatever the last `up` in this state directory ran.
+        if cluster is None:
+            cluster = bool(self._recorded(self.state_dir).get("cluster", False))
+        self.cluster = cluster
+        self.topology = CLUSTER if cluster else SINGLE
         self._services: dict[str, Service] = {
-            t.name: t(self.layout, self.ports) for t in SERVICE_TYPES
+            s.name: s for s in services_for(self.topology, self.layout, self.ports)
         }
 
     # -- queries -------------------------------------------------------------
 
+    @property
+    def node_names(self) -> list[str]:
+        """Every server of the stack by name: ``kafka``, ... or ``kafka-1``, ``kafka-2``, ..."""
+        return list(self._services)
+
+    def bound_ports(self, name: str) -> dict[str, int]:
+        """Every port node ``name`` binds, by purpose."""
+        return self._node(name).bound_ports()
+
     def endpoints(self) -> StackEndpoints:
         p = self.ports
+        by_kind: dict[str, list[str]] = {"kafka": [], "zookeeper": []}
+        for svc in self._services.values():
+            if svc.kind in by_kind:
+                by_kind[svc.kind].append(svc.endpoint())
         return StackEndpoints(
-            kafka_bootstrap=f"127.0.0.1:{p.kafka}",
-            zookeeper_hosts=f"127.0.0.1:{p.zookeeper}",
+            kafka_bootstrap=",".join(by_kind["kafka"]),
+            zookeeper_hosts=",".join(by_kind["zookeeper"]),
             redis_url=f"redis://127.0.0.1:{p.redis}/0",
             otlp_grpc=f"127.0.0.1:{p.otlp_grpc}",
             otlp_http=f"http://127.0.0.1:{p.otlp_http}",
@@ -179,12 +207,20 @@ class LocalStack:
         )
 
     @staticmethod
-    def recorded_port_offset(state_dir: Path | None = None) -> int | None:
-        """The port offset recorded by the last ``up`` in ``state_dir``, if any."""
+    def _recorded(state_dir: Path | None = None) -> dict[str, Any]:
         path = (state_dir or default_state_dir()).expanduser() / "stack.json"
         try:
-            return int(json.loads(path.read_text(encoding="utf-8"))["port_offset"])
-        except (OSError, ValueError, KeyError, TypeError):
+            found = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return found if isinstance(found, dict) else {}
+
+    @staticmethod
+    def recorded_port_offset(state_dir: Path | None = None) -> int | None:
+        """The port offset recorded by the last ``up`` in ``state_dir``, if any."""
+        try:
+            return int(LocalStack._recorded(state_dir)["port_offset"])
+        except (ValueError, KeyError, TypeError):
             return None
 
     def status(self) -> StackStatus:
@@ -288,15 +324,78 @@ class LocalStack:
                     )
 
     def _check_offset_matches(self) -> None:
-        recorded = self.recorded_port_offset(self.state_dir)
-        if recorded is None or recorded == self.port_offset:
+        recorded = self._recorded(self.state_dir)
+        offset = self.recorded_port_offset(self.state_dir)
+        was_cluster = bool(recorded.get("cluster", False))
+        if (offset is None or offset == self.port_offset) and was_cluster == self.cluster:
             return
-        if any(self._live_record(s) for s in self._services.values()):
+        others = services_for(CLUSTER if was_cluster else SINGLE, self.layout, self.ports)
+        if not any(self._live_record(s) for s in [*self._services.values(), *others]):
+            return
+        if was_cluster != self.cluster:
+            runs, wanted = ("a cluster", "one node") if was_cluster else ("one node", "a cluster")
             raise StackError(
-                f"the stack in {self.state_dir} runs with port offset {recorded}, not "
-                f"{self.port_offset}; run `kct stack down` first or use another --state-dir",
-                port_offset=recorded,
+                f"the stack in {self.state_dir} runs {runs}, not {wanted}; run "
+                f"`kct stack down` first or use another --state-dir",
+                cluster=was_cluster,
             )
+        raise StackError(
+            f"the stack in {self.state_dir} runs with port offset {offset}, not "
+            f"{self.port_offset}; run `kct stack down` first or use another --state-dir",
+            port_offset=offset,
+        )
+
+    # -- one node, for fault tests -------------------------------------------
+
+    def _node(self, name: str) -> Service:
+        try:
+            return self._services[name]
+        except KeyError:
+            raise StackError(
+                f"no server named {name!r} in this stack; it has {', '.join(self._services)}",
+                service=name,
+            ) from None
+
+    def pid(self, name: str) -> int:
+        """The pid of node ``name``; StackError if it is not running."""
+        record = self._live_record(self._node(name))
+        if record is None:
+            raise StackError(f"{name} is not running", service=name)
+        return record.pid
+
+    def kill(self, name: str) -> None:
+        """kill -9 node ``name`` and wait until its process is gone (data stays)."""
+        record = self._live_record(self._node(name))
+        if record is None:
+            return
+        proc.send_signal(record, signal.SIGKILL)
+        deadline = time.monotonic() + 10.0
+        while proc.is_alive(record) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def freeze(self, name: str) -> None:
+        """SIGSTOP node ``name``: it keeps its sockets but answers nothing."""
+        record = self._live_record(self._node(name))
+        if record is None:
+            raise StackError(f"{name} is not running", service=name)
+        proc.send_signal(record, signal.SIGSTOP)
+
+    def thaw(self, name: str) -> None:
+        """SIGCONT node ``name`` after :meth:`freeze`."""
+        record = self._live_record(self._node(name))
+        if record is not None:
+            proc.send_signal(record, signal.SIGCONT)
+
+    def start(self, name: str) -> ServiceStatus:
+        """Start node ``name`` if it is not running and wait until it answers."""
+        svc = self._node(name)
+        with self._locked():
+            record = self._live_record(svc)
+            if record is None:
+                self._check_ports_free([svc])
+            status = self._ensure_running(svc, record)
+            self._record()
+        return status
 
     # -- down ----------------------------------------------------------------
 
@@ -363,7 +462,7 @@ class LocalStack:
     def _stack_status(self, results: list[ServiceStatus]) -> StackStatus:
         by_name = {s.name: s for s in results}
         ordered = {name: by_name[name] for name in self._services if name in by_name}
-        return StackStatus(self.state_dir, self.port_offset, ordered)
+        return StackStatus(self.state_dir, self.port_offset, ordered, cluster=self.cluster)
 
     def _record(self) -> None:
         services: dict[str, Any] = {}
@@ -380,6 +479,7 @@ class LocalStack:
             self.layout.stack_file,
             {
                 "port_offset": self.port_offset,
+                "cluster": self.cluster,
                 "ports": self.ports.as_dict(),
                 "endpoints": self.endpoints().__dict__,
                 "services": services,

@@ -136,6 +136,12 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
+def send_signal(record: PidRecord, sig: signal.Signals) -> None:
+    """Send ``sig`` to the recorded process (and its group) if it is still ours."""
+    if is_ours(record):
+        _signal(record, sig)
+
+
 def _signal(record: PidRecord, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         if os.getpgid(record.pid) == record.pid:
@@ -153,6 +159,7 @@ def terminate(records: Sequence[PidRecord], grace: float) -> list[PidRecord]:
     """
     live = [r for r in records if is_ours(r)]
     for record in live:
+        _signal(record, signal.SIGCONT)  # a frozen (SIGSTOP) server cannot act on SIGTERM
         _signal(record, signal.SIGTERM)
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline and any(is_ours(r) for r in live):

@@ -1,14 +1,22 @@
-"""The four servers of the local stack: ports, rendered configs, command lines, probes.
+"""The servers of the local stack: ports, rendered configs, command lines, probes.
 
 Each :class:`Service` knows how to make its program available (``provision``),
 write its configuration into the state directory (``prepare``), the exact
 command line to run (``argv``) and how to tell that it really answers
 (``probe``). :mod:`toolkit.runtime.stack.local` drives them.
 
-Guarantees: every port a server opens is listed in :meth:`Service.ports`, bound
-to 127.0.0.1 and shifted by the stack's port offset, so two stacks with
-different offsets never collide. Kafka storage is formatted once (random
-cluster id); data directories are never touched by ``prepare`` otherwise.
+The single-node stack runs one of each (Kafka, ZooKeeper, Redis, Jaeger); the
+cluster (:data:`CLUSTER`) runs three combined KRaft broker+controller Kafka
+nodes (internal and default topics at replication factor 3,
+``min.insync.replicas`` 2), a three-node ZooKeeper ensemble and Redis. Node
+``n`` of a cluster is named ``kafka-n`` / ``zookeeper-n`` and uses the base
+ports shifted by ``(n - 1) * NODE_PORT_STRIDE``.
+
+Guarantees: every port a server opens is listed in :meth:`Service.bound_ports`,
+bound to 127.0.0.1 and shifted by the stack's port offset, so two stacks with
+different offsets never collide. Kafka storage is formatted once (one random
+cluster id per state directory, shared by the nodes); data directories are
+never touched by ``prepare`` otherwise.
 
 Failure modes: ``provision`` and ``prepare`` raise
 :class:`~toolkit.errors.StackError` (missing tool, failed download or format);
@@ -27,6 +35,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from string import Template
+from threading import Lock
 from typing import ClassVar
 
 from connectors.kafka.probe import kafka_ready
@@ -38,6 +47,8 @@ from toolkit.runtime.stack import provision as prov
 from toolkit.runtime.stack.process import port_open, tail
 
 _MAX_PORT = 65535
+# Node n of a cluster uses the base ports + (n - 1) * NODE_PORT_STRIDE.
+NODE_PORT_STRIDE = 10
 
 
 @dataclass(frozen=True)
@@ -48,6 +59,9 @@ class StackPorts:
     kafka_controller: int = 19093
     kafka_sasl: int = 19094
     zookeeper: int = LOCAL_PORTS["zookeeper"]
+    # An ensemble's quorum and leader-election ports (the cluster only).
+    zookeeper_peer: int = 12182
+    zookeeper_election: int = 12183
     redis: int = LOCAL_PORTS["redis"]
     otlp_grpc: int = 4317
     otlp_http: int = 4318
@@ -60,7 +74,8 @@ class StackPorts:
     def with_offset(cls, offset: int) -> StackPorts:
         base = cls()
         shifted = {f.name: getattr(base, f.name) + offset for f in fields(cls)}
-        if offset < 0 or max(shifted.values()) > _MAX_PORT:
+        highest = max(shifted.values()) + NODE_PORT_STRIDE * (CLUSTER.kafka_nodes - 1)
+        if offset < 0 or highest > _MAX_PORT:
             raise ConfigurationError(
                 f"port offset {offset} puts a port outside 1..{_MAX_PORT}", port_offset=offset
             )
@@ -68,6 +83,34 @@ class StackPorts:
 
     def as_dict(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class Topology:
+    """How many nodes of each server a stack runs."""
+
+    kafka_nodes: int = 1
+    zookeeper_nodes: int = 1
+    jaeger: bool = True
+
+    @property
+    def is_cluster(self) -> bool:
+        return self.kafka_nodes > 1
+
+    @property
+    def replication_factor(self) -> int:
+        """Replication factor of Kafka's internal and default topics."""
+        return min(3, self.kafka_nodes)
+
+    @property
+    def min_insync_replicas(self) -> int:
+        return min(2, self.kafka_nodes)
+
+
+SINGLE = Topology()
+# `kct stack up --cluster`: what the fault suite runs on (no Jaeger: it saves a
+# process, and tracing is tested on the single-node stack).
+CLUSTER = Topology(kafka_nodes=3, zookeeper_nodes=3, jaeger=False)
 
 
 @dataclass(frozen=True)
@@ -101,6 +144,11 @@ class StackLayout:
     def lock_file(self) -> Path:
         return self.root / ".lock"
 
+    @property
+    def kafka_cluster_id(self) -> Path:
+        """The KRaft cluster id every Kafka node of this stack is formatted with."""
+        return self.data / "kafka-cluster-id"
+
     def pid_file(self, service: str) -> Path:
         return self.run / f"{service}.pid"
 
@@ -116,20 +164,31 @@ def _render(template: Path, target: Path, **values: str | int) -> None:
 
 
 class Service(ABC):
-    """One server of the stack."""
+    """One server (one node of it, in a cluster) of the stack."""
 
-    name: ClassVar[str]
+    kind: ClassVar[str]
     # Port fields of StackPorts this server binds.
     port_names: ClassVar[tuple[str, ...]]
     # Seconds between SIGTERM and SIGKILL on ``down``.
     stop_grace: ClassVar[float] = 10.0
 
-    def __init__(self, layout: StackLayout, ports: StackPorts) -> None:
+    def __init__(
+        self, layout: StackLayout, ports: StackPorts, node: int = 0, topology: Topology = SINGLE
+    ) -> None:
         self.layout = layout
         self.ports = ports
+        # 0 for the one server of its kind; 1..n for the nodes of a cluster.
+        self.node = node
+        self.topology = topology
+        self.name = f"{self.kind}-{node}" if node else self.kind
+
+    def port(self, name: str, node: int | None = None) -> int:
+        """Port ``name`` of this node (or of node ``node`` of the same server)."""
+        node = self.node if node is None else node
+        return int(getattr(self.ports, name)) + NODE_PORT_STRIDE * max(0, node - 1)
 
     def bound_ports(self) -> dict[str, int]:
-        return {n: getattr(self.ports, n) for n in self.port_names}
+        return {n: self.port(n) for n in self.port_names}
 
     @property
     def conf_dir(self) -> Path:
@@ -190,19 +249,22 @@ def _java() -> str:
 
 
 class KafkaService(Service):
-    """Apache Kafka in KRaft mode: one combined broker + controller node."""
+    """Apache Kafka in KRaft mode: one combined broker + controller node (of 1 or 3)."""
 
-    name = "kafka"
+    kind = "kafka"
     port_names = ("kafka", "kafka_controller", "kafka_sasl")
     stop_grace = 30.0  # controlled shutdown flushes logs and writes a clean marker
     _libs: Path | None = None
 
     @property
     def server_log(self) -> Path:
-        return self.layout.logs / "kafka-server.log"
+        return self.layout.logs / f"{self.name}-server.log"
 
     def endpoint(self) -> str:
-        return f"127.0.0.1:{self.ports.kafka}"
+        return f"127.0.0.1:{self.port('kafka')}"
+
+    def _nodes(self) -> list[int]:
+        return [n + 1 for n in range(self.topology.kafka_nodes)] if self.node else [0]
 
     def provision(self) -> None:
         _java()
@@ -211,13 +273,23 @@ class KafkaService(Service):
     def prepare(self) -> None:
         res = prov.resources_dir() / "kafka"
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        topo = self.topology
+        voters = ",".join(
+            f"{max(n, 1)}@127.0.0.1:{self.port('kafka_controller', n)}" for n in self._nodes()
+        )
         _render(
             res / "server.properties.tmpl",
             self.conf_dir / "server.properties",
-            kafka=self.ports.kafka,
-            kafka_controller=self.ports.kafka_controller,
-            kafka_sasl=self.ports.kafka_sasl,
+            node_id=max(self.node, 1),
+            quorum_voters=voters,
+            kafka=self.port("kafka"),
+            kafka_controller=self.port("kafka_controller"),
+            kafka_sasl=self.port("kafka_sasl"),
             log_dirs=str(self.data_dir),
+            replication_factor=topo.replication_factor,
+            min_insync_replicas=topo.min_insync_replicas,
+            # A cluster drops a dead follower from the ISR within 10 s (default 30 s).
+            replica_lag_ms=10_000 if topo.is_cluster else 30_000,
         )
         _render(
             res / "log4j2.xml.tmpl", self.conf_dir / "log4j2.xml", log_file=str(self.server_log)
@@ -232,7 +304,7 @@ class KafkaService(Service):
         return f"{self._libs}/*"
 
     def _format(self) -> None:
-        cluster_id = _random_cluster_id()
+        cluster_id = _shared_cluster_id(self.layout.kafka_cluster_id)
         argv = [
             _java(),
             "-cp",
@@ -256,7 +328,8 @@ class KafkaService(Service):
             )
 
     def argv(self) -> list[str]:
-        heap = os.environ.get("KCT_KAFKA_HEAP", "512m")
+        # A cluster's three nodes share a small machine with other stacks.
+        heap = os.environ.get("KCT_KAFKA_HEAP", "384m" if self.node else "512m")
         return [
             _java(),
             f"-Xms{heap}",
@@ -271,9 +344,29 @@ class KafkaService(Service):
         ]
 
     def probe(self, timeout: float) -> bool:
-        if not port_open(self.ports.kafka, min(timeout, 1.0)):
+        if not port_open(self.port("kafka"), min(timeout, 1.0)):
             return False
         return kafka_ready(self.endpoint(), timeout)
+
+
+_cluster_id_lock = Lock()
+
+
+def _shared_cluster_id(path: Path) -> str:
+    """The stack's KRaft cluster id: made once, then read by every node's format."""
+    with _cluster_id_lock:
+        try:
+            found = path.read_text(encoding="ascii").strip()
+        except OSError:
+            found = ""
+        if found:
+            return found
+        made = _random_cluster_id()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(made + "\n", encoding="ascii")
+        os.replace(tmp, path)
+        return made
 
 
 def _random_cluster_id() -> str:
@@ -286,13 +379,18 @@ def _random_cluster_id() -> str:
 
 
 class ZooKeeperService(Service):
-    """ZooKeeper standalone from the Debian package, run with java directly."""
+    """ZooKeeper from the Debian package, run with java directly: standalone, or
+    one node of an ensemble (``server.n`` lines and a ``myid`` file)."""
 
-    name = "zookeeper"
+    kind = "zookeeper"
     port_names = ("zookeeper",)
 
+    def bound_ports(self) -> dict[str, int]:
+        names = (*self.port_names, "zookeeper_peer", "zookeeper_election")
+        return {n: self.port(n) for n in (names if self.node else self.port_names)}
+
     def endpoint(self) -> str:
-        return f"127.0.0.1:{self.ports.zookeeper}"
+        return f"127.0.0.1:{self.port('zookeeper')}"
 
     def provision(self) -> None:
         _java()
@@ -300,11 +398,20 @@ class ZooKeeperService(Service):
 
     def prepare(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        servers = ""
+        if self.node:
+            servers = "\n".join(
+                f"server.{n}=127.0.0.1:{self.port('zookeeper_peer', n)}"
+                f":{self.port('zookeeper_election', n)}"
+                for n in range(1, self.topology.zookeeper_nodes + 1)
+            )
+            (self.data_dir / "myid").write_text(f"{self.node}\n", encoding="ascii")
         _render(
             prov.resources_dir() / "zookeeper" / "zoo.cfg.tmpl",
             self.conf_dir / "zoo.cfg",
-            zookeeper=self.ports.zookeeper,
+            zookeeper=self.port("zookeeper"),
             data_dir=str(self.data_dir),
+            servers=servers,
         )
 
     def argv(self) -> list[str]:
@@ -314,7 +421,7 @@ class ZooKeeperService(Service):
         return [
             _java(),
             "-Xms64m",
-            "-Xmx256m",
+            "-Xmx128m" if self.node else "-Xmx256m",
             "-Djava.awt.headless=true",
             f"-Dzookeeper.log.dir={self.layout.logs}",
             "-Dorg.slf4j.simpleLogger.showDateTime=true",
@@ -326,7 +433,7 @@ class ZooKeeperService(Service):
         ]
 
     def probe(self, timeout: float) -> bool:
-        if not port_open(self.ports.zookeeper, min(timeout, 1.0)):
+        if not port_open(self.port("zookeeper"), min(timeout, 1.0)):
             return False
         return zookeeper_ready(self.endpoint(), timeout)
 
@@ -334,7 +441,7 @@ class ZooKeeperService(Service):
 class RedisService(Service):
     """Redis from the Debian package, AOF on (appendfsync everysec)."""
 
-    name = "redis"
+    kind = "redis"
     port_names = ("redis",)
 
     def endpoint(self) -> str:
@@ -356,7 +463,7 @@ class RedisService(Service):
         return [str(prov.REDIS_SERVER), str(self.conf_dir / "redis.conf")]
 
     def probe(self, timeout: float) -> bool:
-        if not port_open(self.ports.redis, min(timeout, 1.0)):
+        if not port_open(self.port("redis"), min(timeout, 1.0)):
             return False
         return redis_ready(self.endpoint(), timeout)
 
@@ -364,7 +471,7 @@ class RedisService(Service):
 class JaegerService(Service):
     """Jaeger v2 (an OpenTelemetry Collector build), in-memory storage."""
 
-    name = "jaeger"
+    kind = "jaeger"
     port_names = (
         "otlp_grpc",
         "otlp_http",
@@ -408,9 +515,17 @@ class JaegerService(Service):
             return False
 
 
-SERVICE_TYPES: tuple[type[Service], ...] = (
-    KafkaService,
-    ZooKeeperService,
-    RedisService,
-    JaegerService,
-)
+def services_for(topology: Topology, layout: StackLayout, ports: StackPorts) -> list[Service]:
+    """Every server (every node) of a stack with this topology, in start order."""
+
+    def nodes(count: int) -> list[int]:
+        return list(range(1, count + 1)) if count > 1 else [0]
+
+    made: list[Service] = [
+        KafkaService(layout, ports, n, topology) for n in nodes(topology.kafka_nodes)
+    ]
+    made += [ZooKeeperService(layout, ports, n, topology) for n in nodes(topology.zookeeper_nodes)]
+    made.append(RedisService(layout, ports, 0, topology))
+    if topology.jaeger:
+        made.append(JaegerService(layout, ports, 0, topology))
+    return made

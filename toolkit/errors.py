@@ -122,6 +122,11 @@ class StepFailed(SagaError):
     raised by a step action, it fails the step without a retry."""
 
 
+class SagaOperationRefused(SagaError):
+    """An operator's retry or compensation does not fit the saga's state (it is
+    not stuck, already ended, or ran past the step); nothing was published."""
+
+
 class ProjectionError(ToolkitError):
     """A projection runner cannot continue (its store or consumer keeps failing)."""
 
@@ -146,6 +151,7 @@ __all__ = [
     "ProjectionError",
     "PublishError",
     "SagaError",
+    "SagaOperationRefused",
     "SerializationError",
     "ServiceRejected",
     "ServiceUnavailable",

@@ -41,6 +41,7 @@ FILES = {
     "redis-url-password.yaml": BASE + f"redis:\n  url: 'redis://:{SECRET}@127.0.0.1:1/0'\n",
     "bad-deployment.yaml": BASE + "deployment: '..'\n",
     "unknown-key.yaml": BASE + f"kafka_password: '{SECRET}'\n",
+    "sagas.yaml": "sagas:\n  T:\n    steps:\n      - {name: A, participant: p, command: a}\n",
 }
 UNREACHABLE = {
     "KCT_KAFKA_BOOTSTRAP": "127.0.0.1:1",
@@ -136,6 +137,34 @@ CASES = [
     case("saga", "list", env=UNREACHABLE, expected="Redis read failed"),
     case("saga", "list", "--json", "--config", "{dir}/deep.yaml", expected="nested deeper"),
     case("saga", "list", "--config", "{dir}/redis-url-password.yaml", expected="password"),
+    case("saga", "list", "--status", "stuk", code=2, expected="'stuk' is not one of"),
+    case("saga", "list", "--older-than", "soon", code=2, expected="'soon' is not a duration"),
+    case("saga", "list", "--older-than", "99999d", code=2, expected="longer than ten years"),
+    case("saga", "list", "--status", "stuck", env=UNREACHABLE, expected="Redis read failed"),
+    # kct saga show / retry / compensate
+    case("saga", "show", code=2, expected="Missing argument 'SAGA_ID'"),
+    case("saga", "show", "x", KCT_REDIS_URL="notaurl", expected="KCT_REDIS_URL: expected"),
+    case("saga", "show", "x", env=UNREACHABLE, expected="Redis read failed"),
+    case("saga", "retry", "x", code=2, expected="Missing option '--sagas'"),
+    case("saga", "retry", "x", "--sagas", "{dir}/missing.yaml", expected="cannot read saga"),
+    case("saga", "retry", "x", "--sagas", "{dir}/sagas.yaml", env=UNREACHABLE, expected="Redis"),
+    case("saga", "retry", "x", "--sagas", "{dir}/globs.yaml", expected="sagas"),
+    case(
+        "saga",
+        "retry",
+        *("x", "--sagas", "{dir}/sagas.yaml"),
+        KCT_KAFKA_BOOTSTRAP=f"svc:{SECRET}@127.0.0.1:1",
+        expected="KCT_KAFKA_BOOTSTRAP: must not contain credentials",
+    ),
+    case("saga", "compensate", code=2, expected="Missing argument 'SAGA_ID'"),
+    case("saga", "compensate", "x", "--sagas", "{dir}", code=2, expected="is a directory"),
+    case(
+        "saga",
+        "compensate",
+        *("x", "--sagas", "{dir}/sagas.yaml"),
+        env=UNREACHABLE,
+        expected="Redis read failed",
+    ),
     # kct demo (never reaches the stack: every case has an invalid option or variable)
     case("demo", "--events", "-1", code=2, expected="-1 is not in the range 1<=x<=100000"),
     case("demo", "--events", "0", code=2, expected="not in the range"),

@@ -52,6 +52,7 @@ from toolkit.projection import Projection, ProjectionRunner
 from toolkit.publisher import EventPublisher
 from toolkit.saga.client import SagaClient
 from toolkit.saga.definition import SagaDefinition
+from toolkit.saga.operations import SagaOperator
 from toolkit.saga.participant import SagaParticipant, StepAction
 from toolkit.saga.state import saga_state_projection
 from toolkit.saga.watchdog import SagaWatchdog
@@ -325,6 +326,24 @@ class Kct:
             transactions=self.transactions,
             publisher=self.publisher,
             interceptor=self.interceptor,
+        )
+
+    def saga_operator(
+        self,
+        definitions: Mapping[str, SagaDefinition],
+        state_projection: str = SAGA_STATE,
+        *,
+        namespace: str = "",
+    ) -> SagaOperator:
+        """Retries and compensations by an operator (``kct saga retry | compensate``)."""
+        return SagaOperator(
+            definitions,
+            states=self.store,
+            state_projection=state_projection,
+            steps=self.saga_steps,
+            transactions=lambda: self.transactions,
+            publisher=self.publisher,
+            namespace=namespace,
         )
 
     def saga_state_runner(

@@ -104,6 +104,8 @@ class SagaReply:
     context_delta: Mapping[str, str] = field(default_factory=dict)
     error: str | None = None
     replied_at_ms: int = field(default_factory=_now_ms)
+    attempt: int = 1  # the command's attempt: above 1 for an operator's retry
+    tries: int = 1  # how often the action ran for this reply (0: decided without running)
 
     def to_envelope(self) -> Envelope:
         return _envelope(
@@ -118,6 +120,8 @@ class SagaReply:
                 "context_delta": dict(self.context_delta),
                 "error": self.error,
                 "replied_at_ms": self.replied_at_ms,
+                "attempt": self.attempt,
+                "tries": self.tries,
             },
         )
 
@@ -132,6 +136,8 @@ class SagaReply:
             context_delta=dict(payload.get("context_delta") or {}),
             error=payload.get("error"),
             replied_at_ms=int(payload["replied_at_ms"]),
+            attempt=int(payload.get("attempt", 1)),
+            tries=int(payload.get("tries", 1)),
         )
 
 

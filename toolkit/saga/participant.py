@@ -17,6 +17,11 @@ A :class:`SagaParticipant` is one member of the participant's consumer group
 
 A crash between 2 and 3 replays the commands; their dedup records make the
 replay re-publish, not re-act: every local effect happens exactly once.
+An operator's retry of a failed compensation (``kct saga retry``, command
+``attempt`` n > 1) is decided under a key of its own and runs only when
+attempt n - 1 is recorded as a failure (which applied nothing), so a step is
+undone at most once; it replies with its attempt and compensates nothing
+earlier (that already happened).
 
 Actions: ``action(step_context, view) -> context delta`` (a mapping of
 strings) for EXECUTE; raise :class:`StepFailed` for a business failure (no
@@ -314,7 +319,8 @@ class SagaParticipant:
     ) -> list[Output]:
         """Decide the step once (or find it decided) and return the messages it produces."""
         hooks = self._hooks
-        key = dedup_key(command.saga_id, step.name, command.action)
+        retry = command.attempt if command.action is Action.COMPENSATE else 1
+        key = dedup_key(command.saga_id, step.name, command.action, retry)
         stored = self._store.outcome(self.read_model, key)
         if stored is not None:
             self.stats["redelivered"] += 1
@@ -323,6 +329,8 @@ class SagaParticipant:
                     {"kct.saga.outcome": stored["outcome"], "kct.saga.redelivered": True}
                 )
             return stored_outputs(stored)
+        if retry > 1 and not self._retry_allowed(command, step, retry):
+            return []
         if command.action is Action.EXECUTE:
             outcome, changes, outputs = self._execute(definition, step, command)
         else:
@@ -348,6 +356,27 @@ class SagaParticipant:
             return decided
         return stored_outputs(stored)
 
+    def _retry_allowed(self, command: SagaCommand, step: SagaStep, retry: int) -> bool:
+        """An operator's retry of a compensation runs only after the attempt before
+        it was recorded as failed: it never undoes a step twice."""
+        previous = self._store.outcome(
+            self.read_model, dedup_key(command.saga_id, step.name, command.action, retry - 1)
+        )
+        if previous is not None and previous["outcome"] == Outcome.FAILURE.value:
+            return True
+        self.stats["retries_refused"] += 1
+        log.warning(
+            "%s: retry %d of %s %s of saga %s refused: attempt %d is %s",
+            self.name,
+            retry,
+            command.action.value,
+            step.name,
+            command.saga_id,
+            retry - 1,
+            "not decided" if previous is None else "a success",
+        )
+        return False
+
     def _context(self, command: SagaCommand, step: SagaStep, attempt: int) -> StepContext:
         return StepContext(
             command.saga_id, command.saga_type, step.name, command.action, command.context, attempt
@@ -358,7 +387,9 @@ class SagaParticipant:
     ) -> tuple[Outcome, list[ReadModelChange], list[Output]]:
         action = self._actions[step.command]
         error: str | None = None
+        tries = 0
         for attempt in range(1, self._retries + 2):
+            tries = attempt
             batch = ReadModelBatch(self._store, self.read_model)
             try:
                 delta = dict(action(self._context(command, step, attempt), batch) or {})
@@ -381,6 +412,7 @@ class SagaParticipant:
                 Action.EXECUTE,
                 Outcome.SUCCESS,
                 {k: str(v) for k, v in delta.items()},
+                tries=tries,
             )
             outputs: list[Output] = [(definition.reply_topic, reply.to_envelope())]
             following = definition.after(step.name)
@@ -398,7 +430,7 @@ class SagaParticipant:
         return (
             Outcome.FAILURE,
             [],
-            failure_outputs(definition, step, command.saga_id, command.context, error),
+            failure_outputs(definition, step, command.saga_id, command.context, error, tries=tries),
         )
 
     def _compensate(
@@ -411,12 +443,14 @@ class SagaParticipant:
         changes: list[ReadModelChange] = []
         extra: list[Output] = []
         error: str | None = None
+        tries = 0
         if (
             executed is not None
             and executed["outcome"] == Outcome.SUCCESS.value
             and step.compensation is not None
         ):
             outcome, changes, error, attempts = self._undo(definition, step, command)
+            tries = attempts
             if outcome is Outcome.FAILURE:
                 failed = SagaCompensationFailed(
                     command.saga_id,
@@ -432,10 +466,19 @@ class SagaParticipant:
         else:
             self.stats["nothing_to_undo"] += 1
         reply = SagaReply(
-            command.saga_id, command.saga_type, step.name, Action.COMPENSATE, outcome, {}, error
+            command.saga_id,
+            command.saga_type,
+            step.name,
+            Action.COMPENSATE,
+            outcome,
+            {},
+            error,
+            attempt=command.attempt,
+            tries=tries,
         )
         outputs: list[Output] = [*extra, (definition.reply_topic, reply.to_envelope())]
-        outputs.extend(compensate_before(definition, step, command.context, command.saga_id))
+        if command.attempt <= 1:  # a retry: the earlier steps were compensated already
+            outputs.extend(compensate_before(definition, step, command.context, command.saga_id))
         return outcome, changes, outputs
 
     def _undo(

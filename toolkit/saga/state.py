@@ -14,6 +14,18 @@ idempotent: a redelivered reply changes nothing, and a reply that arrives
 after its step was already decided (a late success after a timeout) is
 recorded under ``late`` and changes nothing else.
 
+Timestamps (epoch ms): ``started_at_ms`` and ``updated_at_ms`` (the last
+change) for the saga; per step, for its execute and its compensate, when it
+was first asked for (``*_first_ms``), when it was decided (``*_done_ms``), how
+often its action ran (``*_attempts``, from the replies' ``tries``), and the
+step's last ``error``. An operator's retry of a failed compensation
+(``kct saga retry``) is a reply with a higher ``attempt``: it replaces the
+failure, and a saga with no failed compensation left becomes ``COMPENSATED``.
+
+The projection keeps an index per status: ``running`` (as before) and
+``status:<STATUS>`` counter hashes of saga ids (1 while the saga has that
+status), so sagas are listed by status without a scan.
+
 The document keeps the saga's trace (``trace_id`` and the ``traceparent`` of
 its start, from the ``SagaStarted`` envelope when tracing is on), so
 ``kct saga status`` can name the trace and a watchdog's timeout joins it.
@@ -32,7 +44,16 @@ from toolkit.read_model import ReadModelBatch
 from toolkit.saga.definition import SagaDefinition
 from toolkit.saga.messages import REPLY, STARTED, Action, Outcome, SagaReply, SagaStarted
 
-__all__ = ["RUNNING_KEY", "SagaStatus", "fold", "saga_key", "saga_state_projection"]
+__all__ = [
+    "RUNNING_KEY",
+    "TERMINAL",
+    "TOTALS_KEY",
+    "SagaStatus",
+    "fold",
+    "saga_key",
+    "saga_state_projection",
+    "status_key",
+]
 
 # Counter hash of running sagas (saga id -> 1 while running) for watchdogs.
 RUNNING_KEY = "running"
@@ -51,6 +72,11 @@ TERMINAL = frozenset({SagaStatus.COMPLETED, SagaStatus.COMPENSATED, SagaStatus.F
 
 def saga_key(saga_id: str) -> str:
     return f"saga:{saga_id}"
+
+
+def status_key(status: str) -> str:
+    """The counter hash indexing the sagas that have ``status`` (saga id -> 1)."""
+    return RUNNING_KEY if status == SagaStatus.RUNNING.value else f"status:{status}"
 
 
 def _new(
@@ -80,8 +106,16 @@ def _new(
                 "execute": None,
                 "compensate": None,
                 "error": None,
+                "timeout_s": s.timeout,
+                "execute_first_ms": at_ms if i == 0 else None,
+                "execute_done_ms": None,
+                "execute_attempts": 0,
+                "compensate_first_ms": None,
+                "compensate_done_ms": None,
+                "compensate_attempts": 0,
+                "compensate_attempt": 0,
             }
-            for s in definition.steps
+            for i, s in enumerate(definition.steps)
         ],
         "late": [],
     }
@@ -109,6 +143,9 @@ def fold(
     index = definition.index(message.step)
     step = doc["steps"][index]
     field = "execute" if message.action is Action.EXECUTE else "compensate"
+    if _is_retry(step, message):
+        _apply_retry(doc, step, message)
+        return doc
     if step[field] is not None or doc["status"] in TERMINAL:
         if step[field] == message.outcome.value:
             assert state is not None
@@ -124,15 +161,41 @@ def fold(
             return state  # the same late reply, redelivered
         doc["late"].append(late)
         return doc
-    step[field] = message.outcome.value
+    _record(step, field, message)
     doc["updated_at_ms"] = message.replied_at_ms
-    if message.error:
-        step["error"] = message.error
     if message.action is Action.EXECUTE:
         _after_execute(doc, definition, index, message)
     else:
         _after_compensate(doc, definition, index, message)
     return doc
+
+
+def _record(step: dict[str, Any], field: str, reply: SagaReply) -> None:
+    step[field] = reply.outcome.value
+    step[f"{field}_done_ms"] = reply.replied_at_ms
+    step[f"{field}_attempts"] = int(step.get(f"{field}_attempts") or 0) + reply.tries
+    if field == "compensate":
+        step["compensate_attempt"] = reply.attempt
+    if reply.error:
+        step["error"] = reply.error
+
+
+def _is_retry(step: Mapping[str, Any], reply: SagaReply) -> bool:
+    """An operator's retry of a compensation that failed (a newer attempt)."""
+    return (
+        reply.action is Action.COMPENSATE
+        and step["compensate"] == Outcome.FAILURE.value
+        and reply.attempt > int(step.get("compensate_attempt") or 1)
+    )
+
+
+def _apply_retry(doc: dict[str, Any], step: dict[str, Any], reply: SagaReply) -> None:
+    _record(step, "compensate", reply)
+    doc["updated_at_ms"] = reply.replied_at_ms
+    failed = any(s["compensate"] == Outcome.FAILURE.value for s in doc["steps"])
+    if not failed and doc["status"] == SagaStatus.FAILED_COMPENSATION.value:
+        doc["status"] = SagaStatus.COMPENSATED.value
+        doc["needs_attention"] = False
 
 
 def _after_execute(
@@ -145,6 +208,7 @@ def _after_execute(
         else:
             doc["current"] = definition.steps[index + 1].name
             doc["step_started_ms"] = reply.replied_at_ms
+            doc["steps"][index + 1]["execute_first_ms"] = reply.replied_at_ms
         return
     doc["compensating"] = True
     _compensate_from(doc, definition, index - 1, reply.replied_at_ms)
@@ -165,6 +229,7 @@ def _compensate_from(
     if index >= 0:
         doc["current"] = definition.steps[index].name
         doc["step_started_ms"] = at_ms
+        doc["steps"][index]["compensate_first_ms"] = at_ms
         return
     doc["current"] = None
     failed = any(s["compensate"] == Outcome.FAILURE.value for s in doc["steps"])
@@ -205,13 +270,15 @@ def saga_state_projection(
                     "kct.saga.outcome": late["outcome"],
                 },
             )
-        was = before["status"] if before else None
-        if before is None and after["status"] == SagaStatus.RUNNING.value:
-            view.increment(RUNNING_KEY, message.saga_id, 1)
-        if after["status"] != was and after["status"] in TERMINAL:
-            if before is not None:
-                view.increment(RUNNING_KEY, message.saga_id, -1)
-            view.increment(TOTALS_KEY, after["status"])
+        was, now = (before["status"] if before else None), after["status"]
+        if now != was:
+            if was is not None:
+                view.increment(status_key(was), message.saga_id, -1)
+                if was in TERMINAL:  # a retried compensation: FAILED_COMPENSATION no more
+                    view.increment(TOTALS_KEY, was, -1)
+            view.increment(status_key(now), message.saga_id, 1)
+            if now in TERMINAL:
+                view.increment(TOTALS_KEY, now)
 
     @projection.on(STARTED)
     def started(event: Envelope, view: ReadModelBatch) -> None:

@@ -38,8 +38,11 @@ __all__ = [
 Output = tuple[str, Envelope]  # (topic, message)
 
 
-def dedup_key(saga_id: str, step: str, action: Action) -> str:
-    return f"{saga_id}/{step}/{action.value}"
+def dedup_key(saga_id: str, step: str, action: Action, attempt: int = 1) -> str:
+    """The once-only key of a step's action; an operator's retry of a failed
+    compensation (``attempt`` above 1) is decided under its own key."""
+    base = f"{saga_id}/{step}/{action.value}"
+    return base if attempt <= 1 else f"{base}/{attempt}"
 
 
 def outputs_document(outcome: Outcome, outputs: Sequence[Output], **extra: Any) -> dict[str, Any]:
@@ -61,10 +64,19 @@ def failure_outputs(
     saga_id: str,
     context: Mapping[str, str],
     error: str | None,
+    *,
+    tries: int = 1,
 ) -> list[Output]:
-    """The reply of a failed (or timed-out) EXECUTE and the compensation it starts."""
+    """The reply of a failed (or timed-out: ``tries`` 0) EXECUTE and the compensation it starts."""
     reply = SagaReply(
-        saga_id, definition.saga_type, step.name, Action.EXECUTE, Outcome.FAILURE, {}, error
+        saga_id,
+        definition.saga_type,
+        step.name,
+        Action.EXECUTE,
+        Outcome.FAILURE,
+        {},
+        error,
+        tries=tries,
     )
     return [
         (definition.reply_topic, reply.to_envelope()),

@@ -160,7 +160,7 @@ class SagaWatchdog:
     ) -> list[Output]:
         step = definition.step(step_name)
         error = f"no reply within {step.timeout:g}s (timed out by a watchdog)"
-        outputs = failure_outputs(definition, step, saga_id, context, error)
+        outputs = failure_outputs(definition, step, saga_id, context, error, tries=0)
         hooks = self._hooks
         if hooks is not None:  # the compensation continues the saga's trace
             outputs = [(topic, hooks.propagate(message)) for topic, message in outputs]

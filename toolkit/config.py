@@ -76,6 +76,7 @@ __all__ = [
     "ConsistencyConfig",
     "KafkaConfig",
     "KafkaTlsConfig",
+    "TopicsConfig",
     "KctConfig",
     "LockAcl",
     "MonitorConfig",
@@ -267,6 +268,28 @@ class SaslConfig(_Model):
     password: Secret
 
 
+class TopicsConfig(_Model):
+    """Replication of the topics the toolkit creates (events, dead-letter, saga topics).
+
+    Unset: ``replication_factor`` is min(3, brokers of the cluster) and
+    ``min_insync_replicas`` min(2, replication factor), which fits a single
+    development node and a production cluster alike.
+    """
+
+    replication_factor: Annotated[int, Field(gt=0, le=32)] | None = None
+    min_insync_replicas: Annotated[int, Field(gt=0, le=32)] | None = None
+
+    @model_validator(mode="after")
+    def _isr_within_replicas(self) -> TopicsConfig:
+        rf, isr = self.replication_factor, self.min_insync_replicas
+        if rf is not None and isr is not None and isr > rf:
+            raise _invalid(
+                f"min_insync_replicas {isr} exceeds replication_factor {rf}: "
+                "no write could ever be acknowledged"
+            )
+        return self
+
+
 class KafkaConfig(_Model):
     """Where Kafka is and how to authenticate; ``extra`` passes raw librdkafka options."""
 
@@ -276,6 +299,7 @@ class KafkaConfig(_Model):
     sasl: SaslConfig | None = Field(default=None, validate_default=True)
     tls: KafkaTlsConfig | None = None
     extra: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    topics: TopicsConfig = Field(default_factory=TopicsConfig)
 
     @field_validator("sasl")
     @classmethod

@@ -681,8 +681,13 @@ class ProjectionRunner:
         applied = 0
         for accepted in resolution.accepted:
             applied += self._handle(accepted, self._origin(resolution, accepted, event), batch)
+        hooks = self._hooks
         for rejected, reason in resolution.rejected:
             self.stats.conflicts_rejected[reason] = self.stats.conflicts_rejected.get(reason, 0) + 1
+            if hooks is not None:
+                hooks.note(
+                    "conflict", {"reason": reason, "aggregate_type": rejected.aggregate_type}
+                )
             if reason not in DEAD_LETTER_REASONS:
                 continue
             origin = self._origin(resolution, rejected, event)
@@ -699,6 +704,11 @@ class ProjectionRunner:
                     reason,
                 )
         if resolution.reason not in QUIET_REASONS or resolution.rejected:
+            if hooks is not None and not resolution.rejected:  # buffered, merged, a gap...
+                aggregate_type = resolution.aggregate[0]
+                hooks.note(
+                    "conflict", {"reason": resolution.reason, "aggregate_type": aggregate_type}
+                )
             self._audit(resolution, batch)
             record = None if event is None else event.record
             self._order.note(

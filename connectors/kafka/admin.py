@@ -4,6 +4,10 @@
 ``read_committed`` isolation (the last stable offset), so open or aborted
 transactions do not count as lag. ``create_topics`` is idempotent and returns
 only once every partition has a leader, so a write right after it succeeds.
+Its replication comes from the call, else from the settings (kct.yaml's
+``kafka.topics``), else from the cluster: min(3, brokers) replicas and
+``min.insync.replicas`` min(2, replicas); asking for more replicas than the
+cluster has brokers raises ``AdminError`` naming both numbers.
 
 Failure modes: every Kafka error is translated into ``AdminError`` naming the
 topic or group; a request that gets no answer in ``timeout`` seconds raises
@@ -61,28 +65,60 @@ class KafkaAdmin:
     def __init__(self, settings: KafkaSettings, *, timeout: float = 30.0) -> None:
         self._admin = AdminClient(settings.client_config())  # type: ignore[arg-type]
         self._timeout = timeout
+        self._replication_factor = settings.replication_factor
+        self._min_insync_replicas = settings.min_insync_replicas
 
     def create_topics(
         self,
         names: Iterable[str],
         *,
         partitions: int = 3,
-        replication_factor: int = 1,
+        replication_factor: int | None = None,
+        min_insync_replicas: int | None = None,
         config: Mapping[str, str] | None = None,
     ) -> None:
-        """Create topics that do not exist yet and wait until they are usable."""
+        """Create topics that do not exist yet and wait until they are usable.
+
+        Replication: the arguments, else the settings, else fit to the cluster
+        (see the module docstring); ``config`` may still override
+        ``min.insync.replicas``.
+        """
         wanted = list(dict.fromkeys(names))
         if not wanted:
             return
+        replicas, isr = self._replication(wanted, replication_factor, min_insync_replicas)
+        topic_config = {"min.insync.replicas": str(isr), **dict(config or {})}
         futures = self._admin.create_topics(
-            [
-                NewTopic(n, partitions, replication_factor, config=dict(config or {}))
-                for n in wanted
-            ],
+            [NewTopic(n, partitions, replicas, config=topic_config) for n in wanted],
             request_timeout=self._timeout,
         )
         self._await_topics(futures, "create", already_done=KafkaError.TOPIC_ALREADY_EXISTS)
         self._wait_for_leaders(wanted)
+
+    def _replication(
+        self, topics: list[str], replication_factor: int | None, min_insync_replicas: int | None
+    ) -> tuple[int, int]:
+        """(replication factor, min.insync.replicas) for new topics, checked against the cluster."""
+        brokers = len(self._metadata().brokers)
+        replicas = replication_factor or self._replication_factor or max(1, min(3, brokers))
+        if replicas > brokers:
+            raise AdminError(
+                f"replication factor {replicas} asked for but the cluster has {brokers} "
+                f"broker{'s' if brokers != 1 else ''} (kct.yaml: kafka.topics.replication_factor)",
+                topics=",".join(topics),
+                replication_factor=replicas,
+                brokers=brokers,
+            )
+        isr = min_insync_replicas or self._min_insync_replicas or min(2, replicas)
+        if isr > replicas:
+            raise AdminError(
+                f"min.insync.replicas {isr} exceeds the replication factor {replicas}: "
+                "no write could ever be acknowledged (kct.yaml: kafka.topics)",
+                topics=",".join(topics),
+                replication_factor=replicas,
+                min_insync_replicas=isr,
+            )
+        return replicas, isr
 
     def _await_topics(
         self, futures: Mapping[str, Future[Any]], verb: str, already_done: int

@@ -38,6 +38,10 @@ class KafkaSettings(BaseModel):
     # librdkafka options holding secrets (sasl.password, ssl.key.password):
     # masked in repr and errors, unmasked only in client_config().
     secrets: Mapping[str, SecretStr] = Field(default_factory=dict)
+    # Topics the toolkit creates (kct.yaml's kafka.topics); None: fit the cluster,
+    # min(3, brokers) replicas and min.insync.replicas min(2, replicas).
+    replication_factor: int | None = Field(default=None, gt=0)
+    min_insync_replicas: int | None = Field(default=None, gt=0)
 
     @classmethod
     def from_config(cls, config: KafkaConfig) -> KafkaSettings:
@@ -54,6 +58,8 @@ class KafkaSettings(BaseModel):
             client_id=str(client_id),
             extra={k: v for k, v in options.items() if not is_secret_name(k)},
             secrets={k: SecretStr(str(v)) for k, v in options.items() if is_secret_name(k)},
+            replication_factor=config.topics.replication_factor,
+            min_insync_replicas=config.topics.min_insync_replicas,
         )
 
     @classmethod

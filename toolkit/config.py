@@ -83,6 +83,10 @@ __all__ = [
     "MonitorTargetConfig",
     "RedisConfig",
     "SaslConfig",
+    "ServiceEndpointConfig",
+    "SidecarConfig",
+    "SidecarParticipantConfig",
+    "SidecarProjectionConfig",
     "StrongRule",
     "TelemetryConfig",
     "TlsConfig",
@@ -631,6 +635,103 @@ class MonitorConfig(_Model):
     projections: dict[NonEmpty, MonitorTargetConfig] = Field(default_factory=dict)
 
 
+def _url_path(value: str) -> str:
+    if not value.startswith("/") or "//" in value or any(c.isspace() for c in value):
+        raise _invalid(f"expected a URL path starting with '/', got {value!r}")
+    return value
+
+
+def _listen(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not (host and sep and port.isascii() and port.isdigit() and int(port) < 65536):
+        raise _invalid(f"expected one 'host:port' (port 0: any free port), got {value!r}")
+    return value
+
+
+UrlPath = Annotated[str, AfterValidator(_url_path)]
+EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
+Listen = Annotated[str, Field(min_length=1), AfterValidator(_listen)]
+
+
+class ServiceEndpointConfig(_Model):
+    """How the sidecar calls the service's HTTP handlers (see docs/sidecar.md)."""
+
+    url: HttpUrl  # the service's base URL; handlers are POSTed at url + path
+    timeout: Seconds = 5.0  # per request
+    retries: Annotated[int, Field(ge=0, le=100)] = 3  # then the loop pauses and backs off
+    backoff: Seconds = 0.1  # first wait between retries, doubling
+    max_backoff: Seconds = 5.0  # cap of the retries' and the paused loop's waits
+    token_env: EnvName | None = None  # a bearer token for the service, from this variable
+
+
+class SidecarProjectionConfig(_Model):
+    """A projection the sidecar runs: Python handlers by import path, or the service's."""
+
+    topics: tuple[NonEmpty, ...] = ()  # HTTP: required; Python: the Projection's own
+    handler: MergePath | None = None  # 'module:attr', a toolkit Projection named like the entry
+    path: UrlPath | None = None  # HTTP handler: POST <service.url><path>
+    event_types: tuple[NonEmpty, ...] = ()  # HTTP: the types delivered (empty: all)
+    max_batch: Annotated[int, Field(ge=1, le=10_000)] = 500
+
+    @model_validator(mode="after")
+    def _one_handler(self) -> SidecarProjectionConfig:
+        if (self.handler is None) == (self.path is None):
+            raise _invalid("give exactly one of 'handler' (Python) and 'path' (HTTP)")
+        if self.path is not None and not self.topics:
+            raise _invalid("an HTTP projection needs 'topics'")
+        if self.handler is not None and (self.topics or self.event_types):
+            raise _invalid("a Python projection names its topics and event types itself")
+        return self
+
+
+class SidecarParticipantConfig(_Model):
+    """A saga participant the sidecar runs: Python actions by import path, or the service's."""
+
+    actions: MergePath | None = None  # 'module:attr', a mapping of action name to callable
+    path: UrlPath | None = None  # HTTP: every command and compensation POSTed here
+    namespace: Annotated[str, Field(pattern=r"^[a-z0-9\-_.]*$")] = ""
+
+    @model_validator(mode="after")
+    def _one_handler(self) -> SidecarParticipantConfig:
+        if (self.actions is None) == (self.path is None):
+            raise _invalid("give exactly one of 'actions' (Python) and 'path' (HTTP)")
+        return self
+
+
+class SidecarConfig(_Model):
+    """``kct sidecar``: what it runs for the service and its HTTP API (docs/sidecar.md)."""
+
+    listen: Listen = "127.0.0.1:8787"
+    auth_token_env: EnvName | None = None  # bearer token required on the API, from this variable
+    max_body_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = 1024 * 1024
+    drain_timeout: Seconds = 10.0  # SIGTERM: finish, commit and leave the groups within this
+    threads: Annotated[int, Field(ge=4, le=1024)] = 64  # for blocking calls (waits included)
+    access_log: bool = False
+    schemas: tuple[NonEmpty, ...] = ()  # Avro schema directories, relative to this file
+    publish_topics: tuple[NonEmpty, ...] = ()  # topics the API may publish to
+    aggregates: dict[NonEmpty, NonEmpty] = Field(default_factory=dict)  # type -> topic (leases)
+    lease_ttl: Seconds = 30.0  # a lease not renewed for this long is released
+    max_wait: Seconds = 60.0  # the longest wait a request may ask for
+    service: ServiceEndpointConfig | None = None
+    projections: dict[NonEmpty, SidecarProjectionConfig] = Field(default_factory=dict)
+    sagas: NonEmpty | None = None  # sagas.yaml, relative to this file
+    saga_topic_prefix: NonEmpty | None = None  # overrides the definitions' topic prefix
+    participants: dict[NonEmpty, SidecarParticipantConfig] = Field(default_factory=dict)
+    saga_state: bool = False  # run the saga-state projection (status over the API)
+    saga_state_projection: NonEmpty = "kct-saga-state"  # its name (= consumer group)
+    watchdog: bool = False  # run a saga watchdog (step timeouts)
+
+    @model_validator(mode="after")
+    def _coherent(self) -> SidecarConfig:
+        http = [n for n, p in self.projections.items() if p.path is not None]
+        http += [n for n, p in self.participants.items() if p.path is not None]
+        if http and self.service is None:
+            raise _invalid(f"HTTP handlers ({', '.join(sorted(http))}) need 'service.url'")
+        if (self.participants or self.saga_state or self.watchdog) and self.sagas is None:
+            raise _invalid("participants, saga_state and watchdog need 'sagas' (a sagas.yaml)")
+        return self
+
+
 class KctConfig(_Model):
     """The whole ``kct.yaml`` (version 1)."""
 
@@ -644,6 +745,7 @@ class KctConfig(_Model):
     conflicts: dict[NonEmpty, ConflictPolicy] = Field(default_factory=dict)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     telemetry: TelemetryConfig | None = None  # absent: no tracing
+    sidecar: SidecarConfig | None = None  # absent: `kct sidecar` serves the API only
     _source: str = PrivateAttr(default="<string>")
 
     @field_validator("version", mode="before")

@@ -36,7 +36,7 @@ class InMemoryLogInspector:
         out = {}
         for topic in topics:
             if topic not in self.log.topics:
-                continue
+                continue  # no such topic: absent, as Kafka leaves it
             stable = len(self.log.topics[topic])
             end = stable + self.log.pending.get(topic, 0)
             out[TopicPartition(topic, 0)] = LogOffsets(self.start.get(topic, 0), stable, end)

@@ -9,6 +9,7 @@ from typing import Any, Protocol, TypeVar
 import pytest
 
 from connectors.kafka import KafkaAdmin, KafkaRecordConsumer, KafkaRecordProducer, KafkaSettings
+from connectors.kafka.inspector import KafkaLogInspector, KafkaRecordTimestamps
 from connectors.kafka.transactions import KafkaTransactionalProducer
 from connectors.redis import (
     RedisEventPositionIndex,
@@ -22,6 +23,7 @@ from connectors.zookeeper import ZooKeeperLockService, ZooKeeperSettings
 from tests.contracts import unique
 from tests.contracts.locks import LockServiceContract
 from tests.contracts.log import LogContract, RecordConsumerContract, RecordProducerContract
+from tests.contracts.monitor import LogInspectorContract, RecordTimestampsContract
 from tests.contracts.offsets import OffsetSourceContract
 from tests.contracts.positions import EventPositionIndexContract, PositionNotifierContract
 from tests.contracts.read_model import (
@@ -143,3 +145,13 @@ class TestKafkaAdminOffsets(_Kafka, OffsetSourceContract):
 
 class TestKafkaTransactionalProducer(_Kafka, TransactionalProducerContract):
     pass
+
+
+class TestKafkaLogInspector(_Kafka, LogInspectorContract):
+    def make_inspector(self) -> KafkaLogInspector:
+        return KafkaLogInspector(self.kafka)
+
+
+class TestKafkaRecordTimestamps(_Kafka, RecordTimestampsContract):
+    def make_timestamps(self) -> KafkaRecordTimestamps:
+        return self._keep(KafkaRecordTimestamps(self.kafka))

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from tests.contracts import unique
 from tests.contracts.locks import LockServiceContract
 from tests.contracts.log import LogContract, RecordConsumerContract, RecordProducerContract
+from tests.contracts.monitor import LogInspectorContract, RecordTimestampsContract
 from tests.contracts.offsets import OffsetSourceContract
 from tests.contracts.positions import EventPositionIndexContract, PositionNotifierContract
 from tests.contracts.read_model import (
@@ -19,6 +21,7 @@ from tests.fakes import (
     InMemoryEventPositionIndex,
     InMemoryLockService,
     InMemoryLog,
+    InMemoryLogInspector,
     InMemoryOffsets,
     InMemoryPositions,
     InMemoryReadModelStore,
@@ -47,10 +50,13 @@ class InMemoryLogFactories(LogContract):
     def log(self) -> InMemoryLog:
         if self._log is None:
             self._log = InMemoryLog()
+            self._log.clock_ms = lambda: time.time_ns() // 1_000_000  # CreateTime, like Kafka
         return self._log
 
     def new_topic(self) -> str:
-        return unique("topic")
+        name = unique("topic")
+        self.log.topics[name] = []  # created, empty
+        return name
 
     def make_producer(self) -> InMemoryLog:
         return self.log
@@ -99,3 +105,13 @@ class TestInMemoryEventPositionIndex(EventPositionIndexContract):
 class TestInMemoryLockService(LockServiceContract):
     def make_service(self) -> InMemoryLockService:
         return InMemoryLockService()
+
+
+class TestInMemoryLogInspector(InMemoryLogFactories, LogInspectorContract):
+    def make_inspector(self) -> InMemoryLogInspector:
+        return InMemoryLogInspector(self.log)
+
+
+class TestInMemoryRecordTimestamps(InMemoryLogFactories, RecordTimestampsContract):
+    def make_timestamps(self) -> InMemoryLogInspector:
+        return InMemoryLogInspector(self.log)

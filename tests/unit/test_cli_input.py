@@ -41,6 +41,10 @@ FILES = {
     "redis-url-password.yaml": BASE + f"redis:\n  url: 'redis://:{SECRET}@127.0.0.1:1/0'\n",
     "bad-deployment.yaml": BASE + "deployment: '..'\n",
     "unknown-key.yaml": BASE + f"kafka_password: '{SECRET}'\n",
+    "sidecar-no-service.yaml": BASE + "sidecar:\n  projections:\n    v: {topics: [a], path: /v}\n",
+    "sidecar-no-token.yaml": BASE + "sidecar:\n  auth_token_env: KCT_TEST_NO_SUCH_TOKEN\n",
+    "sidecar-bad-handler.yaml": BASE
+    + "sidecar:\n  listen: 127.0.0.1:0\n  projections:\n    v: {handler: 'kct_no_such:x'}\n",
     "sagas.yaml": "sagas:\n  T:\n    steps:\n      - {name: A, participant: p, command: a}\n",
 }
 UNREACHABLE = {
@@ -180,6 +184,18 @@ CASES = [
     case("demo", "--use-running-kafka", KCT_REDIS_URL="notaurl", expected="KCT_REDIS_URL"),
     case("demo", "--use-running-kafka", KCT_ZOOKEEPER_HOSTS="zk", expected="KCT_ZOOKEEPER_HOSTS"),
     case("demo", "--use-running-kafka", KCT_DEPLOYMENT="a/b", expected="KCT_DEPLOYMENT"),
+    # kct sidecar (never one that gets as far as serving)
+    case("sidecar", code=2, expected="Missing option '--config'"),
+    case("sidecar", "--config", "{dir}/missing.yaml", expected="configuration file not found"),
+    case("sidecar", "--config", "{dir}/sidecar-no-service.yaml", expected="need 'service.url'"),
+    case("sidecar", "--config", "{dir}/sidecar-no-token.yaml", expected="is not set"),
+    case("sidecar", "--config", "{dir}/sidecar-bad-handler.yaml", expected="cannot import"),
+    case("sidecar", "--config", "{dir}/sidecar-bad-handler.yaml", "--listen=x", expected="listen"),
+    case(
+        "sidecar",
+        *("--config", "{dir}/redis-url-password.yaml"),
+        expected="must not contain a pass",
+    ),
     # kct stack up / down / status (never a valid offset and state directory together)
     case("stack", "up", "--port-offset", "-1", code=2, expected="not in the range 0<=x<=20000"),
     case("stack", "up", "--port-offset", "99999", code=2, expected="not in the range"),

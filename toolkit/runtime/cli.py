@@ -12,7 +12,6 @@ credentials and ``password=...``-like values masked.
 from __future__ import annotations
 
 import logging
-import re
 import sys
 from collections.abc import Sequence
 
@@ -21,23 +20,13 @@ import click
 from toolkit.errors import ToolkitError
 from toolkit.runtime.config_cli import check_environment, config
 from toolkit.runtime.monitor_cli import lag, monitor, status
+from toolkit.runtime.redaction import redact
 from toolkit.runtime.saga_cli import saga
+from toolkit.runtime.sidecar.cli import sidecar
 from toolkit.runtime.stack.cli import stack
 from toolkit.runtime.trace_cli import trace
 
 log = logging.getLogger("toolkit.runtime.cli")
-# A URL's user:password@, and key=value pairs whose key names a secret
-# (connection strings, sasl.oauthbearer.config). Field paths ("password: ...")
-# are not values and stay.
-_URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]*@")
-_SECRET_PAIR = re.compile(
-    r"(?i)((?:password|passwd|secret|token|credentials?)\w*=['\"]?)[^\s,;&)'\"]+"
-)
-
-
-def redact(text: str) -> str:
-    """``text`` with URL credentials and secret-looking ``key=value`` values as ``***``."""
-    return _SECRET_PAIR.sub(r"\1***", _URL_CREDENTIALS.sub(r"\1***@", text))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -86,6 +75,7 @@ cli.add_command(status)
 cli.add_command(lag)
 cli.add_command(monitor)
 cli.add_command(trace)
+cli.add_command(sidecar)
 
 
 def _fail(message: str, code: int = 1) -> None:

@@ -42,8 +42,10 @@ __all__ = [
     "RecordProducer",
     "RecordTimestamps",
     "RecordTransaction",
+    "ReplayMarkers",
     "RevokeCallback",
     "SagaStepStore",
+    "TopicBrowser",
     "TransactionalProducer",
 ]
 
@@ -285,6 +287,42 @@ class RecordTimestamps(Protocol):
         """Per partition, the timestamp (ms) of the first committed record at or after
         the offset; absent when none comes before the last stable offset, or none
         arrived within ``timeout`` seconds. Raises AdminError when Kafka cannot be read."""
+        ...
+
+
+class TopicBrowser(Protocol):
+    """Reads a topic's committed records without a consumer group (operators' tools)."""
+
+    def read(self, topic: str, since_ms: int | None, timeout: float) -> list[ConsumedRecord]:
+        """Every committed record from the topic's start (or the first written at or
+        after ``since_ms``) up to its end when called, by partition and offset.
+        Raises AdminError for an unknown topic or when Kafka cannot be read."""
+        ...
+
+    def fetch(self, position: Position, timeout: float) -> ConsumedRecord | None:
+        """The committed record at ``position``; None when it is gone (retention,
+        compaction) or was never committed. Raises AdminError when Kafka cannot be read."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class ReplayMarkers(Protocol):
+    """Once-only marks of replayed dead letters, by event id (``claim`` is atomic)."""
+
+    def claim(
+        self, key: str, mark: Mapping[str, Any], replacing: Mapping[str, Any] | None = None
+    ) -> dict[str, Any] | None:
+        """Store ``mark`` under ``key`` unless a mark is there: None when stored now;
+        else the mark found (left alone), unless it equals ``replacing`` (replaced)."""
+        ...
+
+    def confirm(self, key: str, mark: Mapping[str, Any]) -> None:
+        """Replace the claim of ``key`` with ``mark`` (the replay happened)."""
+        ...
+
+    def release(self, key: str) -> None:
+        """Drop the claim of ``key`` (the replay did not happen)."""
         ...
 
 

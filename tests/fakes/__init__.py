@@ -10,6 +10,7 @@ from tests.fakes.log import InMemoryConsumer, InMemoryLog
 from tests.fakes.monitor import InMemoryLogInspector
 from tests.fakes.offsets import InMemoryOffsets
 from tests.fakes.positions import InMemoryEventPositionIndex, InMemoryPositions
+from tests.fakes.replay import InMemoryReplayMarkers, InMemoryTopicBrowser
 from tests.fakes.stores import (
     FlakyReadModelStore,
     InMemoryReadModelStore,
@@ -28,7 +29,9 @@ __all__ = [
     "InMemoryOffsets",
     "InMemoryPositions",
     "InMemoryReadModelStore",
+    "InMemoryReplayMarkers",
     "InMemorySagaStepStore",
+    "InMemoryTopicBrowser",
     "InMemoryTransaction",
     "InMemoryTransactionalProducer",
 ]

@@ -9,6 +9,7 @@ from typing import Any, Protocol, TypeVar
 import pytest
 
 from connectors.kafka import KafkaAdmin, KafkaRecordConsumer, KafkaRecordProducer, KafkaSettings
+from connectors.kafka.browser import KafkaTopicBrowser
 from connectors.kafka.inspector import KafkaLogInspector, KafkaRecordTimestamps
 from connectors.kafka.transactions import KafkaTransactionalProducer
 from connectors.redis import (
@@ -19,6 +20,7 @@ from connectors.redis import (
     RedisSagaStepStore,
     RedisSettings,
 )
+from connectors.redis.replay_markers import RedisReplayMarkers
 from connectors.zookeeper import ZooKeeperLockService, ZooKeeperSettings
 from tests.contracts import unique
 from tests.contracts.locks import LockServiceContract
@@ -30,6 +32,7 @@ from tests.contracts.read_model import (
     CheckpointedReadModelStoreContract,
     SagaStepStoreContract,
 )
+from tests.contracts.replay import ReplayMarkersContract, TopicBrowserContract
 from tests.contracts.transactions import TransactionalProducerContract
 from tests.integration.conftest import Endpoints
 from toolkit.ports import RecordConsumer
@@ -155,3 +158,13 @@ class TestKafkaLogInspector(_Kafka, LogInspectorContract):
 class TestKafkaRecordTimestamps(_Kafka, RecordTimestampsContract):
     def make_timestamps(self) -> KafkaRecordTimestamps:
         return self._keep(KafkaRecordTimestamps(self.kafka))
+
+
+class TestKafkaTopicBrowser(_Kafka, TopicBrowserContract):
+    def make_browser(self) -> KafkaTopicBrowser:
+        return self._keep(KafkaTopicBrowser(self.kafka))
+
+
+class TestRedisReplayMarkers(_Redis, ReplayMarkersContract):
+    def make_markers(self) -> RedisReplayMarkers:
+        return self._keep(RedisReplayMarkers(self.redis))

@@ -169,6 +169,22 @@ CASES = [
         env=UNREACHABLE,
         expected="Redis read failed",
     ),
+    # kct dlq list / show / replay
+    case("dlq", "list", code=2, expected="Missing argument 'TOPIC'"),
+    case("dlq", "list", "orders dlq", code=2, expected="is not a Kafka topic name"),
+    case("dlq", "list", "orders.dlq", env=UNREACHABLE, expected="error: Kafka metadata request"),
+    case("dlq", "list", "orders.dlq", KCT_REDIS_URL="notaurl", expected="KCT_REDIS_URL"),
+    case("dlq", "show", "..", code=2, expected="is not a Kafka topic name"),
+    case("dlq", "show", "o.dlq", "--since", "yesterday", code=2, expected="neither a duration"),
+    case("dlq", "show", "o.dlq", "--config", "{dir}/sasl-scalar.yaml", expected="kafka.sasl"),
+    case("dlq", "replay", "o.dlq", "--since", "-5m", code=2, expected="neither a duration"),
+    case(
+        "dlq",
+        "replay",
+        "o.dlq",
+        KCT_KAFKA_BOOTSTRAP=f"svc:{SECRET}@127.0.0.1:1",
+        expected="KCT_KAFKA_BOOTSTRAP: must not contain credentials",
+    ),
     # kct demo (never reaches the stack: every case has an invalid option or variable)
     case("demo", "--events", "-1", code=2, expected="-1 is not in the range 1<=x<=100000"),
     case("demo", "--events", "0", code=2, expected="not in the range"),

@@ -15,6 +15,7 @@ from tests.contracts.read_model import (
     CheckpointedReadModelStoreContract,
     SagaStepStoreContract,
 )
+from tests.contracts.replay import ReplayMarkersContract, TopicBrowserContract
 from tests.contracts.transactions import TransactionalProducerContract
 from tests.fakes import (
     InMemoryConsumer,
@@ -25,7 +26,9 @@ from tests.fakes import (
     InMemoryOffsets,
     InMemoryPositions,
     InMemoryReadModelStore,
+    InMemoryReplayMarkers,
     InMemorySagaStepStore,
+    InMemoryTopicBrowser,
     InMemoryTransactionalProducer,
 )
 from toolkit.ports import RecordConsumer
@@ -115,3 +118,13 @@ class TestInMemoryLogInspector(InMemoryLogFactories, LogInspectorContract):
 class TestInMemoryRecordTimestamps(InMemoryLogFactories, RecordTimestampsContract):
     def make_timestamps(self) -> InMemoryLogInspector:
         return InMemoryLogInspector(self.log)
+
+
+class TestInMemoryTopicBrowser(InMemoryLogFactories, TopicBrowserContract):
+    def make_browser(self) -> InMemoryTopicBrowser:
+        return InMemoryTopicBrowser(self.log)
+
+
+class TestInMemoryReplayMarkers(ReplayMarkersContract):
+    def make_markers(self) -> InMemoryReplayMarkers:
+        return InMemoryReplayMarkers()

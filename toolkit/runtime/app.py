@@ -28,6 +28,7 @@ from typing import Any
 
 from connectors.avro import AvroCodec, AvroSchemaRegistry, bundled_schema_dir
 from connectors.kafka import KafkaAdmin, KafkaRecordConsumer, KafkaRecordProducer, KafkaSettings
+from connectors.kafka.browser import KafkaTopicBrowser
 from connectors.kafka.transactions import KafkaTransactionalProducer
 from connectors.redis import (
     RedisEventPositionIndex,
@@ -37,6 +38,7 @@ from connectors.redis import (
     RedisSagaStepStore,
     RedisSettings,
 )
+from connectors.redis.replay_markers import RedisReplayMarkers
 from connectors.telemetry import OpenTelemetryTracingInterceptor, TracingSettings
 from connectors.zookeeper import ZooKeeperLockService, ZooKeeperSettings
 from toolkit.boundary import ConsistencyBoundary, ConsistencyPolicy, OperationContext
@@ -44,6 +46,7 @@ from toolkit.config import DEFAULT_DEPLOYMENT, KctConfig
 from toolkit.conflicts import ConflictResolver, resolver_from_config
 from toolkit.consistency import EventualConsistencyManager, ReadAfterWrite
 from toolkit.dead_letter import DeadLetterQueue
+from toolkit.dead_letter_replay import DeadLetterReplayer
 from toolkit.errors import ConfigurationError
 from toolkit.hlc import HybridLogicalClock
 from toolkit.interceptors import Interceptor, chain
@@ -328,6 +331,19 @@ class Kct:
             interceptor=self.interceptor,
         )
 
+    @cached_property
+    def browser(self) -> KafkaTopicBrowser:
+        """Reads topics without a consumer group (dead letters, operators' tools)."""
+        return KafkaTopicBrowser(self.settings.kafka)
+
+    @cached_property
+    def replay_markers(self) -> RedisReplayMarkers:
+        return RedisReplayMarkers(self.settings.redis)
+
+    def dead_letter_replayer(self, timeout: float = 10.0) -> DeadLetterReplayer:
+        """Lists dead-letter topics and replays them once per event id (``kct dlq``)."""
+        return DeadLetterReplayer(self.browser, self.producer, self.replay_markers, timeout=timeout)
+
     def saga_operator(
         self,
         definitions: Mapping[str, SagaDefinition],
@@ -401,7 +417,7 @@ class Kct:
             owned.close()
         if "locks" in self.__dict__:
             self.locks.close()
-        for name in ("store", "notifier", "index", "saga_steps"):
+        for name in ("store", "notifier", "index", "saga_steps", "browser", "replay_markers"):
             if name in self.__dict__:
                 self.__dict__[name].close()
         interceptor = self.__dict__.get("interceptor") or self.__dict__.get("tracing")

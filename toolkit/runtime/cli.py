@@ -19,6 +19,7 @@ import click
 
 from toolkit.errors import ToolkitError
 from toolkit.runtime.config_cli import check_environment, config
+from toolkit.runtime.dlq_cli import dlq
 from toolkit.runtime.monitor_cli import lag, monitor, status
 from toolkit.runtime.redaction import redact
 from toolkit.runtime.saga_cli import saga
@@ -71,6 +72,7 @@ def demo(events: int, orders: int, use_running_kafka: bool) -> None:
 cli.add_command(stack)
 cli.add_command(config)
 cli.add_command(saga)
+cli.add_command(dlq)
 cli.add_command(status)
 cli.add_command(lag)
 cli.add_command(monitor)

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -47,15 +48,21 @@ class SidecarProcess:
     """``kct sidecar --config <file> --listen 127.0.0.1:0`` as a child process."""
 
     def __init__(
-        self, directory: Path, config: str, name: str = "sidecar", env: dict[str, str] | None = None
+        self,
+        directory: Path,
+        config: str,
+        name: str = "sidecar",
+        env: dict[str, str] | None = None,
+        port: int = 0,
     ) -> None:
+        self.listen = f"127.0.0.1:{port}"
         directory.mkdir(parents=True, exist_ok=True)
         self.config_path = directory / f"{name}.yaml"
         self.config_path.write_text(config)
         self.log_path = directory / f"{name}.log"
         self.env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
         self.process: subprocess.Popen[bytes] | None = None
-        self.port = 0
+        self.port = port
 
     def start(self, timeout: float = 30.0) -> SidecarProcess:
         log = self.log_path.open("ab")
@@ -68,7 +75,7 @@ class SidecarProcess:
                 "--config",
                 str(self.config_path),
                 "--listen",
-                "127.0.0.1:0",
+                self.listen,
             ],
             stdout=log,
             stderr=log,
@@ -144,3 +151,11 @@ class SidecarProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(5)
+
+
+def free_port() -> int:
+    """A port nothing listens on right now (for processes that must know it up front)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port

@@ -27,6 +27,7 @@ from benchmarks.monitor import monitor_section, run_monitor
 from benchmarks.report import print_report, write_results
 from benchmarks.sagas import run_sagas, sagas_section
 from benchmarks.throughput import run_throughput
+from benchmarks.tracing import run_tracing, tracing_section
 
 FULL = {
     "writes": 2000,
@@ -36,6 +37,8 @@ FULL = {
     "boundary_ops": 300,
     "decisions": 200_000,
     "sagas": 1000,
+    "trace_events": 20_000,
+    "trace_writes": 500,
 }
 QUICK = {
     "writes": 200,
@@ -45,6 +48,8 @@ QUICK = {
     "boundary_ops": 40,
     "decisions": 20_000,
     "sagas": 100,
+    "trace_events": 3_000,
+    "trace_writes": 60,
 }
 
 
@@ -97,6 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     sections.append(sagas_section(run_sagas(ep, sizes["sagas"], console.print)))
     console.print("[bold]monitor[/] (one check over 100 / 300 / 1,000 partitions; scrapes)")
     sections.append(monitor_section(run_monitor(ep, 10 if quick else 30, console.print)))
+    console.print("[bold]tracing cost[/] (off, 100 % and 1 % sampling)")
+    sections.append(
+        tracing_section(
+            run_tracing(ep, sizes["trace_events"], sizes["trace_writes"], console.print)
+        )
+    )
     wall = time.perf_counter() - started
 
     print_report(console, facts, lat, tp, sections)

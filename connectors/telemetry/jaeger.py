@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from toolkit.errors import ConnectorError
+from toolkit.errors import ConfigurationError, ConnectorError
 
 __all__ = ["JaegerQuery", "JaegerSpan", "JaegerTrace"]
 
@@ -126,6 +126,11 @@ class JaegerQuery:
     """A client of Jaeger's HTTP query API."""
 
     def __init__(self, base_url: str, timeout: float = 5.0) -> None:
+        parts = urllib.parse.urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigurationError(
+                "Jaeger query URL: expected an http:// or https:// URL", url=base_url[:200]
+            )
         self._base = base_url.rstrip("/")
         self._timeout = timeout
 

@@ -29,8 +29,9 @@ over OTLP/HTTP (Jaeger, a Collector). What it guarantees:
   ``dead-letter {topic}`` (status ERROR, with the reason).
 * **Parent-based sampling**: a trace is recorded whole or not at all; roots
   are kept with ``sampling_ratio``. A message whose context is not sampled
-  makes no span on the consumer (its context is still made current, so
-  what the handler publishes stays unsampled too).
+  makes no span on the consumer and costs about a microsecond: its context
+  is only parsed if the handler starts a span or publishes, which then stay
+  unsampled too.
 
 Failure modes: exporting runs on a background thread (batch processor); an
 unreachable endpoint loses spans (the SDK logs it) and never slows or fails
@@ -40,10 +41,10 @@ timeout).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 
-from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
@@ -75,6 +76,7 @@ T = TypeVar("T")
 _PROPAGATOR = TraceContextTextMapPropagator()
 _MAX_LINKS = 128
 _MAX_TEXT = 500
+_EVEN_HEX = frozenset("02468aceACE")  # the last flags digit when "sampled" (bit 0) is off
 
 
 class Attr:
@@ -139,12 +141,12 @@ def _extract(traceparent: str | None, tracestate: str | None) -> Context | None:
 
 def _unsampled(traceparent: str | None) -> bool:
     """A version-00 ``traceparent`` whose sampled flag is off (cheap: no parsing)."""
-    if traceparent is None or len(traceparent) != 55 or not traceparent.startswith("00-"):
-        return False
-    try:
-        return not int(traceparent[53:55], 16) & 1
-    except ValueError:
-        return False
+    return (
+        traceparent is not None
+        and len(traceparent) == 55
+        and traceparent[54] in _EVEN_HEX
+        and traceparent.startswith("00-")
+    )
 
 
 def _header(record: ConsumedRecord, name: str) -> str | None:
@@ -163,6 +165,8 @@ class OpenTelemetryTracingInterceptor(Interceptor):
     def __init__(self, provider: TracerProvider) -> None:
         self._provider = provider
         self._tracer = provider.get_tracer("kct")
+        # Per thread: (traceparent, tracestate) of the unsampled message being processed.
+        self._unsampled = threading.local()
 
     @classmethod
     def from_settings(
@@ -193,6 +197,14 @@ class OpenTelemetryTracingInterceptor(Interceptor):
         self._provider.shutdown()
 
     # -- helpers -----------------------------------------------------------
+    def _current(self) -> Context | None:
+        """The parent of a span started without one: the current context (None), or
+        the unsampled message being processed, parsed now that it is needed."""
+        pending = getattr(self._unsampled, "message", None)
+        if pending is None or trace.get_current_span().get_span_context().is_valid:
+            return None
+        return _extract(*pending)
+
     def _run(
         self,
         name: str,
@@ -204,7 +216,11 @@ class OpenTelemetryTracingInterceptor(Interceptor):
         links: Sequence[Link] = (),
     ) -> T:
         with self._tracer.start_as_current_span(
-            name, context=context, kind=kind, attributes=attributes, links=links
+            name,
+            context=context or self._current(),
+            kind=kind,
+            attributes=attributes,
+            links=links,
         ):
             return proceed()
 
@@ -218,8 +234,9 @@ class OpenTelemetryTracingInterceptor(Interceptor):
         tracer = self._tracer
         spans: list[Span] = []
         stamped: list[Outgoing] = []
+        current = self._current()
         for topic, envelope in messages:
-            parent = _extract(envelope.traceparent, envelope.tracestate)
+            parent = _extract(envelope.traceparent, envelope.tracestate) or current
             span = tracer.start_span(
                 f"send {topic}",
                 context=parent,
@@ -258,16 +275,15 @@ class OpenTelemetryTracingInterceptor(Interceptor):
         envelope = event.envelope
         traceparent = envelope.traceparent
         if _unsampled(traceparent):
-            # Not recorded, but its context stays current: what the handler
-            # publishes is not sampled either (a trace is whole or absent).
-            remote = _extract(traceparent, envelope.tracestate)
-            if remote is None:
-                return proceed()
-            token = otel_context.attach(remote)
+            # Not recorded; what the handler starts or publishes becomes its
+            # (unsampled) child, so a trace is whole or absent (see _current).
+            local = self._unsampled
+            previous = getattr(local, "message", None)
+            local.message = (traceparent, envelope.tracestate)
             try:
                 return proceed()
             finally:
-                otel_context.detach(token)
+                local.message = previous
         position = event.position
         attributes: dict[str, AttributeValue] = {
             Attr.SYSTEM: "kafka",
@@ -298,14 +314,12 @@ class OpenTelemetryTracingInterceptor(Interceptor):
     ) -> T:
         traced = [e.envelope for e in events if e.envelope.traceparent]
         parent: Context | None = None
-        if traced:
-            first = traced[0].traceparent
-            assert first is not None
-            trace_id = first[3:35]
-            if len(traced) == len(events) and all(
-                (e.traceparent or "")[3:35] == trace_id for e in traced
-            ):
-                parent = _extract(first, traced[0].tracestate)  # one flow: a child in it
+        if (
+            traced
+            and len(traced) == len(events)
+            and len({(e.traceparent or "")[3:35] for e in traced}) == 1
+        ):
+            parent = _extract(traced[0].traceparent, traced[0].tracestate)  # one flow
         attributes: dict[str, AttributeValue] = {
             Attr.SYSTEM: "kafka",
             Attr.OPERATION_TYPE: "process",
@@ -315,7 +329,10 @@ class OpenTelemetryTracingInterceptor(Interceptor):
             Attr.BATCH_COUNT: len(events),
         }
         with self._tracer.start_as_current_span(
-            f"apply {projection}", context=parent, kind=SpanKind.CONSUMER, attributes=attributes
+            f"apply {projection}",
+            context=parent or self._current(),
+            kind=SpanKind.CONSUMER,
+            attributes=attributes,
         ) as span:
             if span.is_recording():
                 parent_span = None if parent is None else trace.get_current_span(parent)
@@ -337,8 +354,8 @@ class OpenTelemetryTracingInterceptor(Interceptor):
         proceed: Callable[[], Position],
     ) -> Position:
         parent = _extract(_header(record, "traceparent"), _header(record, "tracestate"))
-        if parent is None and trace.get_current_span().get_span_context().is_valid:
-            parent = otel_context.get_current()
+        if parent is None:
+            parent = self._current()
         attributes: dict[str, AttributeValue] = {
             Attr.SYSTEM: "kafka",
             Attr.OPERATION_TYPE: "send",
@@ -363,11 +380,11 @@ class OpenTelemetryTracingInterceptor(Interceptor):
             return position
 
     def propagate(self, envelope: Envelope) -> Envelope:
-        current = trace.get_current_span().get_span_context()
-        if not current.is_valid:
+        context = self._current()
+        if context is None and not trace.get_current_span().get_span_context().is_valid:
             return envelope
         carrier: dict[str, str] = {}
-        _PROPAGATOR.inject(carrier)
+        _PROPAGATOR.inject(carrier, context=context)
         return envelope.with_changes(
             traceparent=carrier.get("traceparent"), tracestate=carrier.get("tracestate")
         )
@@ -423,7 +440,7 @@ class OpenTelemetryTracingInterceptor(Interceptor):
         if fence is not None:
             attributes[Attr.FENCE] = fence
         with self._tracer.start_as_current_span(
-            _PHASE_NAMES.get(phase, phase), attributes=attributes
+            _PHASE_NAMES.get(phase, phase), context=self._current(), attributes=attributes
         ) as span:
             result = proceed()
             fenced = getattr(result, "fence", None)

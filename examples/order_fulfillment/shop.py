@@ -136,11 +136,16 @@ class Shop:
         *,
         watchdog: bool = True,
         actions: Mapping[str, Mapping[str, Any]] | None = None,
+        apps: Mapping[str, Kct] | None = None,
     ) -> Iterator[list[Runnable]]:
-        """Participants, the saga-state projection and a watchdog, on threads."""
+        """Participants, the saga-state projection and a watchdog, on threads; a
+        participant named in ``apps`` runs on that composition root (e.g. its own
+        service name for tracing), the others on ``kct``."""
         chosen = actions or ACTIONS
         members: list[Runnable] = [
-            kct.saga_participant(p, self.definitions, chosen[p], namespace=self.namespace)
+            (apps or {})
+            .get(p, kct)
+            .saga_participant(p, self.definitions, chosen[p], namespace=self.namespace)
             for p in participants
         ]
         members.append(kct.saga_state_runner(self.definitions, self.state_projection))

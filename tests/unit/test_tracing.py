@@ -53,12 +53,14 @@ class Tracing:
         self.ratio = ratio
         self.made: list[OpenTelemetryTracingInterceptor] = []
 
-    def interceptor(self, service: str) -> OpenTelemetryTracingInterceptor:
+    def interceptor(
+        self, service: str, ratio: float | None = None
+    ) -> OpenTelemetryTracingInterceptor:
         from opentelemetry.sdk.resources import Resource
 
         provider = TracerProvider(
             resource=Resource.create({"service.name": service}),
-            sampler=ParentBased(TraceIdRatioBased(self.ratio)),
+            sampler=ParentBased(TraceIdRatioBased(self.ratio if ratio is None else ratio)),
         )
         provider.add_span_processor(SimpleSpanProcessor(self.exporter))
         made = OpenTelemetryTracingInterceptor(provider)
@@ -241,12 +243,12 @@ class TracedShop:
     """The order fulfillment example on in-memory ports, each service with its own
     tracer provider (service name) as if in its own process."""
 
-    def __init__(self, tracing: Tracing) -> None:
+    def __init__(self, tracing: Tracing, shop_ratio: float | None = None) -> None:
         self.definitions = example_definitions()
         self.log = InMemoryLog()
         self.store = InMemorySagaStepStore()
         self.transactions = InMemoryTransactionalProducer(self.log)
-        shop = tracing.interceptor("shop")
+        shop = tracing.interceptor("shop", shop_ratio)
         self.shop_hooks = shop
         self.publisher = EventPublisher(self.log, CODEC, HybridLogicalClock("s"), interceptor=shop)
         self.client = SagaClient(
@@ -341,6 +343,20 @@ def test_one_saga_is_one_trace_across_its_services(tracing: Tracing) -> None:
     state = shop.state(saga_id)
     assert state["trace_id"] == f"{root.context.trace_id:032x}"
     assert trace_id_of(state["traceparent"]) == state["trace_id"]
+
+
+def test_a_saga_not_sampled_at_its_start_leaves_no_span_in_any_service(
+    tracing: Tracing,
+) -> None:
+    shop = TracedShop(tracing, shop_ratio=0.0)  # the participants would keep every root
+    saga_id = shop.start(3, confirm="fail")
+    shop.settle()
+    assert shop.state(saga_id)["status"] == "COMPENSATED"
+    assert tracing.spans == []
+    replies = shop.log.topics[shop.definitions[SAGA_TYPE].reply_topic]
+    flags = {dict(r.headers)["traceparent"][-2:] for r in replies}
+    assert all(not int(f, 16) & 1 for f in flags)
+    assert shop.state(saga_id)["trace_id"] is not None
 
 
 def test_a_declined_payment_compensates_in_reverse_order_in_the_same_trace(

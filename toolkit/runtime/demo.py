@@ -24,6 +24,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -33,6 +34,7 @@ from rich.text import Text
 from connectors.avro import AvroCodec, AvroSchemaRegistry, bundled_schema_dir
 from connectors.kafka import KafkaAdmin, KafkaRecordConsumer, KafkaRecordProducer, KafkaSettings
 from connectors.redis import RedisSettings
+from connectors.telemetry import TracingSettings
 from connectors.zookeeper import ZooKeeperSettings
 from toolkit.dead_letter import DeadLetterQueue, dead_letter_topic
 from toolkit.envelope import ConsumedEvent, Envelope
@@ -51,6 +53,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ORDERS_TOPIC = "kct.demo.orders"
+PARTICIPANTS = ("inventory", "payment", "order")  # each its own service name in traces
 DECLINE_RATIO = 0.25  # share of saga orders paid with a declined card
 STATUS_MEANING = {
     SagaStatus.COMPLETED: "stock reserved, card charged, order confirmed",
@@ -124,6 +127,11 @@ def _settings(console: Console, start_stack: bool) -> KctSettings:
         kafka=KafkaSettings(bootstrap_servers=found.kafka_bootstrap),
         redis=RedisSettings(url=found.redis_url),
         zookeeper=ZooKeeperSettings(hosts=found.zookeeper_hosts),
+        tracing=TracingSettings(
+            service_name="shop",
+            traces_endpoint=f"{found.otlp_http}/v1/traces",
+            query_url=found.jaeger_query_url,
+        ),
     )
 
 
@@ -226,16 +234,29 @@ def _saga_demo(console: Console, settings: KctSettings, orders: int) -> None:
         f"{orders} orders, about {DECLINE_RATIO:.0%} paid with a declined card"
     )
     kct = Kct(settings)
+    # Each participant under its own service name in the traces.
+    apps = {
+        name: Kct(
+            replace(
+                settings,
+                node_id=f"demo-{name}-{uuid.uuid4().hex[:6]}",
+                tracing=replace(settings.tracing, service_name=name),
+            )
+        )
+        for name in PARTICIPANTS
+    }
     try:
         shop.prepare(kct)
-        states, seconds = _run_sagas(kct, shop, orders)
+        states, seconds = _run_sagas(kct, shop, orders, apps)
         problems = shop.invariants(kct, states)
         _print_outcomes(console, states, seconds)
         _print_conservation(console, kct, shop)
         if not problems:  # kept on failure, for a look; the saga states stay in Redis
             _delete_topics(kct, shop)
     finally:
-        kct.close()
+        for app in apps.values():
+            app.close()
+        kct.close()  # flushes the spans
     if problems:
         raise ConsistencyError("demo failed: the saga's invariants do not hold", problems=problems)
     counts = Counter(s["status"] for s in states.values())
@@ -247,6 +268,29 @@ def _saga_demo(console: Console, settings: KctSettings, orders: int) -> None:
     console.print(
         f"inspect one: kct saga status --projection {shop.state_projection} {next(iter(states))}"
     )
+    _print_trace(console, settings, states)
+
+
+def _print_trace(
+    console: Console, settings: KctSettings, states: Mapping[str, Mapping[str, Any]]
+) -> None:
+    """One saga's trace id and the command that draws it (a completed one: its trace
+    holds all four services)."""
+    if not settings.tracing.enabled:
+        return
+    ordered = sorted(states.values(), key=lambda s: s["status"] != SagaStatus.COMPLETED.value)
+    traced = [s for s in ordered if s.get("trace_id")]
+    if not traced:
+        return
+    chosen = traced[0]
+    services = "shop, inventory, payment and order"
+    if chosen["status"] != SagaStatus.COMPLETED.value:
+        services = "the services it reached"
+    console.print(
+        f"saga {chosen['saga_id']} ({chosen['status'].lower()}) is one trace across "
+        f"{services}: trace id {chosen['trace_id']}"
+    )
+    console.print(f"see it: kct trace {chosen['trace_id']}")
 
 
 def _delete_topics(kct: Kct, shop: Shop) -> None:
@@ -258,12 +302,14 @@ def _delete_topics(kct: Kct, shop: Shop) -> None:
         log.warning("demo topics of shop %s not deleted: %s", shop.run_id, exc)
 
 
-def _run_sagas(kct: Kct, shop: Shop, orders: int) -> tuple[dict[str, dict[str, Any]], float]:
+def _run_sagas(
+    kct: Kct, shop: Shop, orders: int, apps: Mapping[str, Kct]
+) -> tuple[dict[str, dict[str, Any]], float]:
     """Start every order in one transaction and wait until each saga ended."""
     client = kct.saga_client(shop.definitions, shop.state_projection)
     timeout = max(60.0, orders / 5)
     started = time.monotonic()
-    with shop.running(kct):
+    with shop.running(kct, apps=apps):
         ids = client.start_many(shop.orders(orders, DECLINE_RATIO))
         try:
             states = client.wait(ids, timeout)

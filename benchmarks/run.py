@@ -26,6 +26,7 @@ from benchmarks.machine import machine_facts
 from benchmarks.monitor import monitor_section, run_monitor
 from benchmarks.report import print_report, write_results
 from benchmarks.sagas import run_sagas, sagas_section
+from benchmarks.sidecar import run_sidecar_bench, sidecar_section
 from benchmarks.throughput import run_throughput
 from benchmarks.tracing import run_tracing, tracing_section
 
@@ -39,6 +40,8 @@ FULL = {
     "sagas": 1000,
     "trace_events": 20_000,
     "trace_writes": 500,
+    "sidecar_writes": 1000,
+    "sidecar_bulk": 20_000,
 }
 QUICK = {
     "writes": 200,
@@ -50,6 +53,8 @@ QUICK = {
     "sagas": 100,
     "trace_events": 3_000,
     "trace_writes": 60,
+    "sidecar_writes": 150,
+    "sidecar_bulk": 5_000,
 }
 
 
@@ -106,6 +111,12 @@ def main(argv: list[str] | None = None) -> int:
     sections.append(
         tracing_section(
             run_tracing(ep, sizes["trace_events"], sizes["trace_writes"], console.print)
+        )
+    )
+    console.print(f"[bold]sidecar[/] ({sizes['sidecar_writes']} rounds, HTTP vs in-process)")
+    sections.append(
+        sidecar_section(
+            run_sidecar_bench(ep, sizes["sidecar_writes"], sizes["sidecar_bulk"], console.print)
         )
     )
     wall = time.perf_counter() - started

@@ -98,7 +98,10 @@ class Sidecar:
         self.api = SidecarApi(self.kct, config, self.host, _version())
         address = _address(listen or self.settings.listen)
         family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-        self.socket = socket.socket(family, socket.SOCK_STREAM)
+        # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY on accepted connections only then;
+        # without it Nagle holds each kept-alive response's body for the client's
+        # delayed ACK (+40 ms per request).
+        self.socket = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.socket.bind(address)  # OSError (in use, not permitted) before anything starts
         self.address = self.socket.getsockname()[:2]

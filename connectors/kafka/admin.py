@@ -36,6 +36,7 @@ from confluent_kafka.admin._listoffsets import ListOffsetsResultInfo, OffsetSpec
 from confluent_kafka.admin._metadata import ClusterMetadata
 from confluent_kafka.cimpl import NewTopic
 
+from connectors.kafka.errors import kafka_error
 from connectors.kafka.settings import KafkaSettings
 from toolkit.errors import AdminError
 from toolkit.positions import TopicPartition
@@ -169,7 +170,12 @@ class KafkaAdmin:
         try:
             return self._admin.list_topics(topic=topic, timeout=self._timeout)
         except KafkaException as exc:
-            raise AdminError(f"metadata request failed: {exc.args[0].str()}") from exc
+            error = kafka_error(exc)
+            raise AdminError(
+                f"Kafka did not answer the metadata request: {error.str()}",
+                timeout_s=self._timeout,
+                code=error.name(),
+            ) from exc
 
     def topics(self) -> set[str]:
         metadata = self._metadata()

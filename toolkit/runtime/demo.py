@@ -5,13 +5,15 @@ Part one publishes a few order events, reads them back as a consumer group
 record thrown in), commits, and shows that the group's committed offsets now
 cover the consistency token of the writes.
 
-Part two runs the order fulfillment saga of ``examples/order_fulfillment``
+Part two runs the order fulfillment saga of :mod:`toolkit.runtime.demo_shop`
 (ReserveInventory -> ProcessPayment -> ConfirmOrder across an inventory, a
-payment and an order service) on a fresh shop with its own topics: a batch of
-orders, about a quarter with a declined card, with the participants, the
-saga-state projection and a watchdog running on threads. It waits until
-every saga ended, shows the outcomes, and checks that stock and money are
-conserved (every declined order's reservation was released).
+payment and an order service; shipped with the package, so the demo runs
+from an installed wheel, and re-exported by ``examples/order_fulfillment``)
+on a fresh shop with its own topics: a batch of orders, about a quarter with
+a declined card, with the participants, the saga-state projection and a
+watchdog running on threads. It waits until every saga ended, shows the
+outcomes, and checks that stock and money are conserved (every declined
+order's reservation was released).
 
 Failure modes: a ``ToolkitError`` (exit 1) when an event was not consumed and
 committed, a saga did not finish in time, or an invariant does not hold.
@@ -25,7 +27,7 @@ import uuid
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -45,10 +47,8 @@ from toolkit.positions import ConsistencyToken, TopicPartition
 from toolkit.publisher import EventPublisher
 from toolkit.reader import EventReader
 from toolkit.runtime.app import Kct, KctSettings
+from toolkit.runtime.demo_shop.shop import Shop
 from toolkit.saga.state import SagaStatus
-
-if TYPE_CHECKING:
-    from examples.order_fulfillment.shop import Shop
 
 log = logging.getLogger(__name__)
 
@@ -220,14 +220,6 @@ def _read(reader: EventReader, until: ConsistencyToken, timeout_s: float) -> lis
 
 def _saga_demo(console: Console, settings: KctSettings, orders: int) -> None:
     """Part two: a batch of order sagas on a fresh shop, then the invariants."""
-    try:
-        from examples.order_fulfillment.shop import Shop
-    except ImportError as exc:
-        raise ToolkitError(
-            "the order fulfillment example cannot be imported: run kct demo from a source "
-            "checkout (the examples are not part of the package)",
-            missing=exc.name,
-        ) from None
     shop = Shop()
     console.print(
         f"\n[bold]order fulfillment saga[/] on shop {shop.run_id} (topics {shop.topic_prefix}.*): "

@@ -25,7 +25,16 @@ from toolkit.read_model import ReadModelBatch
 from toolkit.saga.definition import SagaDefinition, load_saga_definitions
 from toolkit.saga.participant import StepAction, StepContext, StepFailed
 
-SAGAS_FILE = Path(__file__).with_name("sagas.yaml")
+
+def _sagas_file() -> Path:
+    """``sagas.yaml``: next to this module in the wheel, in ``examples/`` in a checkout."""
+    installed = Path(__file__).with_name("sagas.yaml")
+    if installed.is_file():
+        return installed
+    return Path(__file__).resolve().parents[3] / "examples" / "order_fulfillment" / "sagas.yaml"
+
+
+SAGAS_FILE = _sagas_file()
 SAGA_TYPE = "OrderFulfillment"
 PARTICIPANTS = ("inventory", "payment", "order")
 

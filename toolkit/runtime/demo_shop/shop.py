@@ -15,10 +15,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from examples.order_fulfillment.services import ACTIONS, PARTICIPANTS, SAGA_TYPE, definitions
 from toolkit.dead_letter import dead_letter_topic
 from toolkit.ports import ReadModelChange
 from toolkit.runtime.app import Kct
+from toolkit.runtime.demo_shop.services import ACTIONS, PARTICIPANTS, SAGA_TYPE, definitions
 from toolkit.saga.definition import SagaDefinition
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from connectors.kafka import KafkaAdmin, KafkaSettings
 from tests.faults.servers import kill_9, restart_stack, wait_for_redis
@@ -68,6 +69,8 @@ def world(endpoints: Endpoints, tmp_path_factory: pytest.TempPathFactory) -> Ite
         connections(endpoints, f"/kct-test/{run}", deployment=f"t{run}")
         + f"""
 service: api-test
+monitor:
+  interval: 0.5
 consistency:
   projections: [{stats}]
   default_timeout: 5.0
@@ -349,8 +352,29 @@ def test_openapi_metadata_status_and_metrics(world: World) -> None:
     assert kinds == ["participant"] * 3 + ["projection", "saga-state", "watchdog"]
     status = sc.call("GET", "/v1/status").json
     assert status["ready"] is True and all(loop["healthy"] for loop in status["loops"])
-    metrics = sc.call("GET", "/metrics").raw.decode()
+    # The monitor's report and the runtime metrics, from the last check.
+    published = sc.call("POST", f"/v1/publish/{world.topic}", placed(f"m-{world.run}")).json
+    wait = {"token": published["token"], "projections": [world.stats], "timeout": 10}
+    assert sc.call("POST", "/v1/wait", wait).status == 200
+    deadline = time.monotonic() + 20
+    while True:
+        report = sc.call("GET", "/v1/status").json["monitor"]
+        metrics = sc.call("GET", "/metrics").raw.decode()
+        watched = {p["name"]: p for p in (report or {}).get("projections", [])}
+        if world.stats in watched and "kct_events_processed_total" in metrics:
+            break
+        assert time.monotonic() < deadline, (report, metrics[-2000:])
+        time.sleep(0.2)
+    assert watched[world.stats]["lag_events"] == 0
+    assert {p["kind"] for p in watched.values()} >= {"projection", "saga-state", "participant"}
     assert "kct_sidecar_requests_total" in metrics and "kct_sidecar_ready 1.0" in metrics
+    lag = [
+        sample.value
+        for family in text_string_to_metric_families(metrics)
+        for sample in family.samples
+        if sample.name == "kct_monitor_lag" and sample.labels.get("kct_projection") == world.stats
+    ]
+    assert lag and all(value == 0 for value in lag)
 
 
 @pytest.mark.faults

@@ -64,6 +64,7 @@ from toolkit.runtime.saga_cli import saga_overview
 from toolkit.runtime.sidecar.host import SidecarHost
 from toolkit.runtime.sidecar.leases import LeaseManager
 from toolkit.runtime.sidecar.metrics import SidecarMetrics
+from toolkit.runtime.sidecar.monitoring import SidecarMonitoring
 from toolkit.runtime.sidecar.schemas import (
     MAX_BULK,
     AppendIn,
@@ -176,9 +177,17 @@ def envelope_of(event: EventIn) -> Envelope:
 class SidecarApi:
     """Routes of the API over one :class:`SidecarHost` (see the module docstring)."""
 
-    def __init__(self, kct: Kct, config: KctConfig, host: SidecarHost, version: str) -> None:
+    def __init__(
+        self,
+        kct: Kct,
+        config: KctConfig,
+        host: SidecarHost,
+        version: str,
+        monitoring: SidecarMonitoring | None = None,
+    ) -> None:
         self.kct = kct
         self.host = host
+        self.monitoring = monitoring
         self.settings: SidecarConfig = config.sidecar or SidecarConfig()
         self.version = version
         self.config = config
@@ -507,6 +516,8 @@ class SidecarApi:
             "reasons": list(readiness.reasons),
             "loops": self.host.describe(),
             "leases": self.leases.count(),
+            # The monitor's last check (lag, status, order, integrity); null before it.
+            "monitor": None if self.monitoring is None else self.monitoring.report(),
         }
         return JSONResponse(body)
 
@@ -537,4 +548,6 @@ class SidecarApi:
 
     async def prometheus(self, request: Request) -> Response:
         body, content_type = self.metrics.render()
+        if self.monitoring is not None:  # rendered at the monitor's last check
+            body += self.monitoring.prometheus()
         return Response(body, media_type=content_type)

@@ -34,6 +34,7 @@ from toolkit.errors import ConfigurationError
 from toolkit.runtime.app import Kct, KctSettings
 from toolkit.runtime.sidecar.api import SidecarApi
 from toolkit.runtime.sidecar.host import SidecarHost
+from toolkit.runtime.sidecar.monitoring import SidecarMonitoring
 
 __all__ = ["Sidecar", "run_sidecar"]
 
@@ -93,9 +94,11 @@ class Sidecar:
         if self.settings.schemas:
             dirs = tuple(base / d for d in self.settings.schemas)
             kct_settings = replace(kct_settings, schema_dirs=dirs)
-        self.kct = Kct(kct_settings, config)
+        # Runtime metrics are recorded from the start, on the monitor's MeterProvider.
+        self.monitoring = SidecarMonitoring(config)
+        self.kct = Kct(kct_settings, config, interceptors=[self.monitoring.interceptor])
         self.host = SidecarHost(self.kct, config)
-        self.api = SidecarApi(self.kct, config, self.host, _version())
+        self.api = SidecarApi(self.kct, config, self.host, _version(), self.monitoring)
         address = _address(listen or self.settings.listen)
         family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY on accepted connections only then;
@@ -108,6 +111,7 @@ class Sidecar:
 
     def run(self) -> int:
         self.host.build().start()
+        self.monitoring.start(self.kct, self.host.loops)
         if self.settings.aggregates or self.host.definitions:
             _ = self.kct.transactions  # init_transactions now, not in a lease's first append
         config = uvicorn.Config(
@@ -131,6 +135,7 @@ class Sidecar:
             since = server.signalled_at or time.monotonic()
             left = max(0.0, self.settings.drain_timeout - (time.monotonic() - since))
             late = self.host.drain(left)
+            self.monitoring.close()
             self.api.leases.close()
             self.kct.close()
         drained = time.monotonic() - (server.signalled_at or started)

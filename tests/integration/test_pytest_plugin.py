@@ -9,6 +9,7 @@ import pytest
 
 from tests.integration.conftest import Endpoints
 from toolkit.envelope import Envelope
+from toolkit.positions import TopicPartition
 from toolkit.projection import Projection
 from toolkit.read_model import ReadModelBatch
 from toolkit.runtime.app import Kct
@@ -83,3 +84,18 @@ def test_a_users_test_file_runs_with_the_plugin(pytester: pytest.Pytester) -> No
     result = pytester.runpytest_subprocess("-q", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*ConsistencyTimeout*nobody-applies-this*"])
+
+
+def test_the_readme_example_reads_back_what_it_published(kct_app: Kct, kct_topic: str) -> None:
+    written = kct_app.publisher.publish(kct_topic, cancelled("order-42"))
+    token = kct_app.publisher.token_of([written])
+    reader = kct_app.reader(f"readme-{kct_topic}", [kct_topic])
+    seen: list[str] = []
+    committed: dict[TopicPartition, int] = {}
+    for _ in range(100):
+        if token.is_applied_by(committed):
+            break
+        seen += [e.envelope.event_id for e in reader.poll(timeout=0.3)]
+        committed.update(reader.commit())
+    reader.close()
+    assert seen == [written.envelope.event_id]

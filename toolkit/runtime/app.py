@@ -53,6 +53,7 @@ from toolkit.interceptors import Interceptor, chain
 from toolkit.positions import TopicPartition, is_valid_topic_name
 from toolkit.projection import Projection, ProjectionRunner
 from toolkit.publisher import EventPublisher
+from toolkit.reader import EventReader
 from toolkit.saga.client import SagaClient
 from toolkit.saga.definition import SagaDefinition
 from toolkit.saga.operations import SagaOperator
@@ -404,6 +405,18 @@ class Kct:
     def dead_letters(self, consumer_group: str) -> DeadLetterQueue:
         """The dead-letter queue of ``consumer_group`` (through the interceptors)."""
         return DeadLetterQueue(self.producer, consumer_group, interceptor=self.interceptor)
+
+    def reader(self, group: str, topics: Sequence[str]) -> EventReader:
+        """A member of consumer group ``group`` reading ``topics`` as events; poison
+        records go to their dead-letter topics. Call ``close()`` when done."""
+        reader = EventReader(
+            KafkaRecordConsumer(self.settings.kafka, group),
+            self.codec,
+            self.dead_letters(group),
+            self.clock,
+        )
+        reader.subscribe(topics)
+        return reader
 
     def close(self) -> None:
         """Stop the listener, flush the producer, close Redis connections."""

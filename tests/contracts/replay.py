@@ -24,7 +24,9 @@ class TopicBrowserContract(LogContract):
         offsets = self.write(topic, "a", "b", "c")
         browser = self.make_browser()
         found = browser.read(topic, None, 20.0)
-        assert [(r.offset, r.value) for r in found] == list(zip(offsets, [b"a", b"b", b"c"]))
+        assert [(r.offset, r.value) for r in found] == list(
+            zip(offsets, [b"a", b"b", b"c"], strict=True)
+        )
         assert found[0].header("n") == b"a" and found[0].key == b"k"
         assert browser.read(empty, None, 20.0) == []
 

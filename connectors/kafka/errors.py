@@ -19,7 +19,16 @@ from confluent_kafka import KafkaError, KafkaException
 
 from toolkit.errors import ConnectorError
 
-__all__ = ["kafka_error", "map_exceptions"]
+__all__ = ["delivery_failure", "kafka_error", "map_exceptions"]
+
+# Why an acks=all write can time out, for the error message: the idempotent
+# producer retries NOT_ENOUGH_REPLICAS until its delivery timeout, so the
+# broker's answer reaches the caller only as a timeout.
+_UNACKNOWLEDGED = (
+    "not acknowledged by the in-sync replicas in time: the partition's leader is "
+    "unreachable, or it has fewer in-sync replicas than min.insync.replicas "
+    "(NOT_ENOUGH_REPLICAS, retried until the delivery timeout)"
+)
 
 
 def kafka_error(exc: KafkaException) -> KafkaError:
@@ -28,6 +37,18 @@ def kafka_error(exc: KafkaException) -> KafkaError:
     if isinstance(error, KafkaError):
         return error
     return KafkaError(KafkaError._FAIL, str(error))
+
+
+def delivery_failure(error: KafkaError) -> str:
+    """What a failed delivery report means, in words a caller can act on."""
+    if error.code() in (KafkaError._MSG_TIMED_OUT, KafkaError.NOT_ENOUGH_REPLICAS):
+        return f"{_UNACKNOWLEDGED} [{error.name()}]"
+    if error.code() == KafkaError.NOT_ENOUGH_REPLICAS_AFTER_APPEND:
+        return (
+            "written by the leader but not by min.insync.replicas replicas "
+            f"(NOT_ENOUGH_REPLICAS_AFTER_APPEND) [{error.name()}]"
+        )
+    return error.str()
 
 
 @contextmanager

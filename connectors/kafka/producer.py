@@ -8,9 +8,11 @@ report and returns their positions. A background thread serves delivery
 reports so concurrent callers are woken as soon as their own records land.
 
 Failure modes: a record that is not acknowledged within
-``delivery_timeout_ms`` (broker down, topic missing) raises ``PublishError``
-naming the topic and Kafka's reason; such a record may or may not have been
-written. A full local queue blocks the caller until there is room or the
+``delivery_timeout_ms`` (broker down, topic missing, fewer in-sync replicas
+than ``min.insync.replicas``) raises ``PublishError`` naming the topic and
+Kafka's reason (a timeout says it may be ``NOT_ENOUGH_REPLICAS``, which the
+idempotent producer retries until then); such a record may or may not have
+been written. A full local queue blocks the caller until there is room or the
 timeout passes. Kafka exceptions never leave this module untranslated.
 """
 
@@ -23,6 +25,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from connectors.kafka.errors import delivery_failure
 from connectors.kafka.settings import KafkaSettings
 from toolkit.errors import PublishError
 from toolkit.ports import OutgoingRecord
@@ -109,7 +112,7 @@ class KafkaRecordProducer:
         if batch.errors:
             index, error = batch.errors[0]
             raise PublishError(
-                f"Kafka rejected the record: {error.str()}",
+                f"record not written: {delivery_failure(error)}",
                 topic=records[index].topic,
                 code=error.name(),
                 retriable=error.retriable(),

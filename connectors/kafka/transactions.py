@@ -50,7 +50,7 @@ from typing import Any, TypeVar
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 
-from connectors.kafka.errors import kafka_error
+from connectors.kafka.errors import delivery_failure, kafka_error
 from connectors.kafka.producer import DeliveryBatch
 from connectors.kafka.settings import KafkaSettings
 from toolkit.errors import ConfigurationError, PublishError, TransactionAborted
@@ -291,7 +291,7 @@ class KafkaTransaction:
             index, error = batch.errors[0]
             if error.code() in _FENCED:
                 self._fail_fenced(error)
-            self._fail(f"Kafka rejected the record: {error.str()}", records[index].topic)
+            self._fail(f"record not written: {delivery_failure(error)}", records[index].topic)
         return [p for p in batch.positions if p is not None]
 
     def send_offsets(self, offsets: Mapping[TopicPartition, int], group_metadata: Any) -> None:

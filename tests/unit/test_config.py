@@ -732,3 +732,20 @@ def test_deployment_defaults_and_is_a_kafka_safe_name() -> None:
     for bad in ("'..'", "'.'", "'a b'", "'x/y'", "''", "'" + "d" * 65 + "'", "7"):
         error = _error(BASE + f"deployment: {bad}\n")
         assert "kct.yaml:4: deployment: expected" in str(error)
+
+
+def test_topic_replication_settings_reach_the_kafka_settings_and_are_checked() -> None:
+    from connectors.kafka import KafkaSettings  # noqa: PLC0415 - the adapter side of the section
+
+    config = parse_config(BASE + "  topics: {replication_factor: 3, min_insync_replicas: 2}\n")
+    settings = KafkaSettings.from_config(config.kafka)
+    assert (settings.replication_factor, settings.min_insync_replicas) == (3, 2)
+    unset = KafkaSettings.from_config(parse_config(BASE).kafka)
+    assert (unset.replication_factor, unset.min_insync_replicas) == (None, None)
+    error = _error(BASE + "  topics:\n    replication_factor: 2\n    min_insync_replicas: 3\n")
+    assert "kct.yaml:4: kafka.topics: min_insync_replicas 3 exceeds replication_factor 2" in str(
+        error
+    )
+    assert "kafka.topics.replication_factor: expected a number > 0, got 0" in str(
+        _error(BASE + "  topics: {replication_factor: 0}\n")
+    )

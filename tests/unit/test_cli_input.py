@@ -21,7 +21,8 @@ import click
 import pytest
 
 from toolkit.runtime.app import KctSettings, saga_group
-from toolkit.runtime.cli import cli, main, redact
+from toolkit.runtime.cli import cli, main
+from toolkit.runtime.redaction import redact
 from toolkit.runtime.config_cli import check_environment
 
 SECRET = "S3CRET-hunter2"

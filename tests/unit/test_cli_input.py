@@ -22,8 +22,8 @@ import pytest
 
 from toolkit.runtime.app import KctSettings, saga_group
 from toolkit.runtime.cli import cli, main
-from toolkit.runtime.redaction import redact
 from toolkit.runtime.config_cli import check_environment
+from toolkit.runtime.redaction import redact
 
 SECRET = "S3CRET-hunter2"
 BASE = "version: 1\nkafka:\n  bootstrap_servers: 127.0.0.1:1\n"

@@ -735,7 +735,7 @@ def test_deployment_defaults_and_is_a_kafka_safe_name() -> None:
 
 
 def test_topic_replication_settings_reach_the_kafka_settings_and_are_checked() -> None:
-    from connectors.kafka import KafkaSettings  # noqa: PLC0415 - the adapter side of the section
+    from connectors.kafka import KafkaSettings
 
     config = parse_config(BASE + "  topics: {replication_factor: 3, min_insync_replicas: 2}\n")
     settings = KafkaSettings.from_config(config.kafka)

@@ -199,6 +199,27 @@ def test_lease_append_release_with_a_fence(world: World) -> None:
     sc.call("DELETE", f"/v1/leases/{second.json['lease_id']}")
 
 
+def test_the_dashboard_shows_the_locks_held_with_their_fences(world: World) -> None:
+    sc = world.sidecar
+    page = sc.call("GET", "/dashboard")
+    assert page.status == 200 and b"/dashboard/dashboard.js" in page.raw
+    order = f"d-{uuid.uuid4().hex[:6]}"
+    lease = sc.call("POST", "/v1/leases", {"aggregate_type": "order", "aggregate_id": order})
+    assert lease.status == 201, lease.raw
+    try:
+        state = sc.call("GET", "/dashboard/state.json")
+        assert state.status == 200, state.raw
+        held = {(x["aggregate_id"], x["fence"]) for x in state.json["leases"]}
+        assert (order, lease.json["fence"]) in held
+        assert "lease_id" not in state.json["leases"][0]  # the clients' capability stays theirs
+        assert state.json["sagas"]["projection"] == f"sagas-{world.run}"
+        assert f"{world.topic}.dlq" in [t["topic"] for t in state.json["dead_letters"]]
+    finally:
+        sc.call("DELETE", f"/v1/leases/{lease.json['lease_id']}")
+    after = sc.call("GET", "/dashboard/state.json").json["leases"]
+    assert order not in {x["aggregate_id"] for x in after}
+
+
 def test_an_append_after_the_lease_expired_is_409_and_writes_nothing(world: World) -> None:
     sc = world.sidecar
     order = f"x-{uuid.uuid4().hex[:6]}"

@@ -119,6 +119,15 @@ CASES = [
     case("monitor", "verify", code=2, expected="Missing argument 'PROJECTION'"),
     case("monitor", "verify", "x", "--sample", "0", code=2, expected="Invalid value"),
     case("monitor", "serve", "--config", "{dir}/missing.yaml", expected="not found"),
+    # kct dashboard
+    case("dashboard", "--config", "{dir}/missing.yaml", expected="not found"),
+    case(
+        "dashboard",
+        *("--config", "{dir}/extra-secrets.yaml"),
+        expected="monitor.projections is empty",
+    ),
+    case("dashboard", "--listen", "nowhere", code=2, expected="Invalid value for '--listen'"),
+    case("dashboard", "--interval", "0", code=2, expected="Invalid value for '--interval'"),
     # kct saga status / list
     case("saga", "status", code=2, expected="Missing argument 'SAGA_ID'"),
     case("saga", "status", "x", KCT_REDIS_URL="notaurl", expected="KCT_REDIS_URL: expected"),

@@ -19,6 +19,7 @@ import click
 
 from toolkit.errors import ToolkitError
 from toolkit.runtime.config_cli import check_environment, config
+from toolkit.runtime.dashboard.cli import dashboard
 from toolkit.runtime.dlq_cli import dlq
 from toolkit.runtime.monitor_cli import lag, monitor, status
 from toolkit.runtime.redaction import redact
@@ -78,6 +79,7 @@ cli.add_command(lag)
 cli.add_command(monitor)
 cli.add_command(trace)
 cli.add_command(sidecar)
+cli.add_command(dashboard)
 
 
 def _fail(message: str, code: int = 1) -> None:

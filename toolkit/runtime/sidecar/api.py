@@ -43,6 +43,7 @@ from starlette.routing import Route
 
 from toolkit.config import KctConfig, SidecarConfig
 from toolkit.consistency import as_token
+from toolkit.dead_letter import dead_letter_topic
 from toolkit.envelope import Envelope
 from toolkit.envelope_json import decode_payload
 from toolkit.errors import (
@@ -59,6 +60,8 @@ from toolkit.errors import (
 from toolkit.positions import ConsistencyToken, is_valid_topic_name
 from toolkit.publisher import EventPublisher, PublishedEvent
 from toolkit.runtime.app import Kct
+from toolkit.runtime.dashboard.state import DashboardSources, DashboardState
+from toolkit.runtime.dashboard.web import PAGE_PATHS, Dashboard
 from toolkit.runtime.redaction import redact
 from toolkit.runtime.saga_cli import saga_overview
 from toolkit.runtime.sidecar.host import SidecarHost
@@ -83,7 +86,7 @@ __all__ = ["HttpProblem", "SidecarApi"]
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
-_OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+_OPEN_PATHS = frozenset({"/healthz", "/readyz", *PAGE_PATHS})  # the page holds no data
 
 
 class HttpProblem(Exception):
@@ -198,6 +201,23 @@ class SidecarApi:
         self.metrics = SidecarMetrics(host, self.leases)
         self._status_cache: tuple[float, dict[str, Any]] | None = None
         self._openapi = openapi_document(version)
+        self.dashboard = Dashboard(self._dashboard_state(), self._blocking)
+
+    def _dashboard_state(self) -> DashboardState:
+        sources = DashboardSources(
+            service=self.config.service,
+            monitor=self.monitoring.report if self.monitoring else lambda: None,
+            store=self.kct.store,
+            saga_projection=self.host.saga_state if self.host.definitions else None,
+            dead_letters=self.kct.dead_letter_replayer(timeout=5.0),
+            dlq_topics=self._dlq_topics,
+            leases=self.leases.held,
+        )
+        return DashboardState(sources, self.config.monitor.interval)
+
+    def _dlq_topics(self) -> list[str]:  # the loops exist once the host is built
+        topics = {t for h in self.host.loops if h.kind != "saga-state" for t in h.topics}
+        return sorted(dead_letter_topic(t) for t in topics)
 
     def _bearer(self) -> bytes | None:
         name = self.settings.auth_token_env
@@ -292,6 +312,7 @@ class SidecarApi:
             r("/metrics", self.prometheus, ["GET"]),
             r("/healthz", self.healthz, ["GET"]),
             r("/readyz", self.readyz, ["GET"]),
+            *self.dashboard.routes(r),
         ]
         return Starlette(routes=routes)
 

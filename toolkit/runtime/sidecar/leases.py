@@ -275,6 +275,14 @@ class LeaseManager:
         with self._lock:
             return len(self._leases)
 
+    def held(self) -> list[dict[str, object]]:
+        """The leases held now, with their fences (the lease ids left out: they are
+        the clients' capabilities), by aggregate."""
+        with self._lock:
+            leases = list(self._leases.values())
+        shown = [{k: v for k, v in lease.describe().items() if k != "lease_id"} for lease in leases]
+        return sorted(shown, key=lambda d: (str(d["aggregate_type"]), str(d["aggregate_id"])))
+
     def close(self) -> None:
         """Release every lease (on shutdown)."""
         self._closed.set()

@@ -36,11 +36,15 @@ JAEGER_PACKAGE = "github.com/jaegertracing/jaeger/cmd/jaeger"
 REDIS_SERVER = Path("/usr/bin/redis-server")
 ZOOKEEPER_JAR = Path("/usr/share/java/zookeeper.jar")
 KCAT = Path("/usr/bin/kcat")
+# The dashboard's browser test: Chromium driven by Selenium through chromedriver.
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+DEBIAN_FILES = (REDIS_SERVER, ZOOKEEPER_JAR, KCAT, CHROMIUM, CHROMEDRIVER)
 # slf4j binding from libslf4j-java (a dependency of the zookeeper package): without
 # one, ZooKeeper's log goes nowhere.
 ZOOKEEPER_SLF4J_BINDING = Path("/usr/share/java/slf4j-simple.jar")
 # kcat: the fault tests write records that Python clients refuse to write.
-DEBIAN_PACKAGES = ("zookeeper", "redis-server", "kcat")
+DEBIAN_PACKAGES = ("zookeeper", "redis-server", "kcat", "chromium", "chromium-driver")
 
 log = logging.getLogger(__name__)
 
@@ -172,17 +176,18 @@ def jaeger_binary(cache_dir: Path) -> Path:
 
 
 def ensure_debian_packages() -> None:
-    """Make sure redis-server, ZooKeeper and kcat are installed; apt-get them when root."""
+    """Make sure redis-server, ZooKeeper, kcat and Chromium (with chromedriver, for the
+    dashboard's browser test) are installed; apt-get them when root."""
     global _apt_done  # noqa: PLW0603 - once per process, shared by two services
     with _apt_lock:
-        if REDIS_SERVER.is_file() and ZOOKEEPER_JAR.is_file() and KCAT.is_file():
+        if all(path.is_file() for path in DEBIAN_FILES):
             return
         missing = " ".join(DEBIAN_PACKAGES)
         if _apt_done:
             raise StackError(f"apt-get install {missing} ran but the servers are still missing")
         if os.geteuid() != 0:
             raise StackError(
-                f"ZooKeeper, Redis or kcat is not installed; run: sudo apt-get install "
+                f"ZooKeeper, Redis, kcat or Chromium is not installed; run: sudo apt-get install "
                 f"--no-install-recommends {missing}",
                 tool="apt-get",
             )

@@ -46,8 +46,20 @@ if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):  # `make test` installs 
 
 from selenium import webdriver  # noqa: E402 - only with Chromium installed
 from selenium.webdriver.chrome.service import Service  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+# What the page shows of one projection, and the dead letters and health.
+SHOWN = """
+const row = document.querySelector(`tr[data-projection="${arguments[0]}"]`);
+const text = (selector) => (row && row.querySelector(selector) || {}).textContent || "";
+const letters = [...document.querySelectorAll("#dead-letters tbody tr")];
+return {
+  lag: text(".lag"), status: text(".status"), row: row ? row.className : "",
+  health: document.getElementById("health").textContent,
+  letters: letters.map((tr) => tr.cells[1].textContent + " " + tr.cells[2].textContent).join(", "),
+};
+"""
+OK_SHOWN = {"lag": "0", "status": "OK", "row": "", "health": "healthy", "letters": "undecodable 1"}
 
 
 def _free_port() -> int:
@@ -130,21 +142,18 @@ monitor:
         _until(lambda: _answers(url))
         browser.get(url)
         wait = WebDriverWait(browser, 30, poll_frequency=0.2)
-        row = f'tr[data-projection="{group_id}"]'
 
-        def cell(name: str) -> str:
-            found = browser.find_elements(By.CSS_SELECTOR, f"{row} .{name}")
-            return found[0].text if found else ""
+        def shown() -> dict[str, str]:  # read in one script: the page redraws every poll
+            found: dict[str, str] = browser.execute_script(SHOWN, group_id)
+            return found
 
-        wait.until(lambda _: cell("lag") == "0" and cell("status") == "OK")
-        letters = '#dead-letters tr[data-reason="undecodable"]'
-        wait.until(lambda _: browser.find_elements(By.CSS_SELECTOR, letters))
+        wait.until(lambda _: shown() == OK_SHOWN)  # caught up, the dead letter counted
         worker.send_signal(signal.SIGSTOP)  # frozen: still a member, its offset never moves
         for i in range(3, 10):
             kct.publisher.publish(topic, placed_event(f"o-{i}", "c", 100))
-        wait.until(lambda _: cell("lag") == "7" and cell("status") == "STALL")
-        assert browser.find_element(By.CSS_SELECTOR, row).get_attribute("class") == "behind"
-        assert browser.find_element(By.ID, "health").text == "failing"
+        wait.until(lambda _: shown()["status"] == "STALL" and shown()["lag"] == "7")
+        assert shown() == {**OK_SHOWN, "lag": "7", "status": "STALL", "row": "behind",
+                           "health": "failing"}  # fmt: skip
         shot = tmp_path / "dashboard.png"
         assert browser.save_screenshot(str(shot))
         print(f"screenshot: {shot}")

@@ -62,7 +62,7 @@
     health.replaceWith(Object.assign(badge(report.health), { id: "health" }));
     const rows = report.projections.map((p) => row(
       [
-        el("b", p.name), p.kind, { text: p.partitions.length, cls: "num" },
+        { text: p.name, cls: "name wrap" }, p.kind, { text: p.partitions.length, cls: "num" },
         { text: p.lag_events, cls: "num lag" }, { text: seconds(p.lag_seconds), cls: "num lag-seconds" },
         { text: p.members, cls: "num" },
         Object.assign(badge(p.status), { className: "badge status s-" + p.status }),
@@ -110,9 +110,10 @@
     }
     const rows = [];
     for (const t of topics) {
-      if (t.error) { rows.push(row([t.topic, { text: t.error, cls: "problem" }, "?"])); continue; }
+      const topic = { text: t.topic, cls: "wrap" };
+      if (t.error) { rows.push(row([topic, { text: t.error, cls: "problem" }, "?"])); continue; }
       for (const [reason, n] of Object.entries(t.reasons)) {
-        rows.push(row([t.topic, reason, { text: n, cls: "num" }],
+        rows.push(row([topic, reason, { text: n, cls: "num" }],
           { "data-topic": t.topic, "data-reason": reason }));
       }
     }

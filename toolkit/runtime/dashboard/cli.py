@@ -58,7 +58,12 @@ def serve(config_path: Path, address: tuple[str, int], interval: float | None) -
     family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(address)  # a port in use: one line, before anything starts
+    try:
+        sock.bind(address)  # a port in use: one line, before anything starts
+    except OSError as exc:
+        sock.close()
+        where = f"{address[0]}:{address[1]}"
+        raise ConfigurationError(f"cannot listen on {where}: {exc.strerror}") from None
     monitoring = SidecarMonitoring(config)
     kct = Kct.from_config(config)
     try:

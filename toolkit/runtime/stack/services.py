@@ -288,8 +288,10 @@ class KafkaService(Service):
             log_dirs=str(self.data_dir),
             replication_factor=topo.replication_factor,
             min_insync_replicas=topo.min_insync_replicas,
-            # A cluster drops a dead follower from the ISR within 10 s (default 30 s).
+            # A cluster drops a dead follower from the ISR within 10 s (default 30 s)
+            # and moves a dead broker's leaderships after 6 s (default 9 s).
             replica_lag_ms=10_000 if topo.is_cluster else 30_000,
+            broker_session_ms=6_000 if topo.is_cluster else 9_000,
         )
         _render(
             res / "log4j2.xml.tmpl", self.conf_dir / "log4j2.xml", log_file=str(self.server_log)

@@ -39,10 +39,17 @@ class Size:
     projection_events: int
     sagas: int
     increments: int
+    broker_kills: int  # in the projection and saga runs
 
 
 CI = Size(
-    "ci", copy_events=20_000, copy_rate=600, projection_events=6_000, sagas=300, increments=120
+    "ci",
+    copy_events=20_000,
+    copy_rate=600,
+    projection_events=6_000,
+    sagas=300,
+    increments=120,
+    broker_kills=3,
 )
 FULL = Size(
     "full",
@@ -51,6 +58,7 @@ FULL = Size(
     projection_events=30_000,
     sagas=1_000,
     increments=400,
+    broker_kills=8,
 )
 
 
@@ -265,8 +273,10 @@ class Chaos:
         inject: Callable[[], None],
         timeout: float,
         status: Callable[[], str],
+        max_faults: int = 1_000,
     ) -> None:
-        """Every 1-2.5 s: print ``status()``, stop when ``done()``, else ``inject()``."""
+        """Every 1-2.5 s: print ``status()``, stop when ``done()``, else ``inject()``
+        (until ``max_faults`` were injected; then only wait)."""
         started = time.monotonic()
         while True:
             time.sleep(self.rng.uniform(1.0, 2.5))
@@ -275,7 +285,8 @@ class Chaos:
             if done():
                 return
             assert elapsed < timeout, f"not done within {timeout:.0f} s: {status()}"
-            inject()
+            if sum(self.faults.values()) < max_faults:
+                inject()
 
     def heal(self) -> None:
         for name in self.cluster.node_names:

@@ -67,6 +67,22 @@ class ThroughputResult:
         of_mode = [r for r in self.runs if r.mode == mode and r.count == self.events]
         return max(of_mode, key=lambda r: r.rate) if of_mode else None
 
+    def at(self, mode: str, max_batch: int) -> Run | None:
+        """The median run of ``mode`` at ``max_batch``, if it read every event."""
+        found = [r for r in self.runs if r.mode == mode and r.max_batch == max_batch]
+        return found[0] if found and found[0].count == self.events else None
+
+    def versus_hand_written(self) -> tuple[Run, Run] | None:
+        """The best runner median and the hand-written at-least-once median at its batch."""
+        runner = self.best("runner")
+        hand = self.at("hand_alo", runner.max_batch) if runner else None
+        return (runner, hand) if runner and hand else None
+
+
+# Modes that store a read model and commit: their committed offsets are checked
+# after each run and their read model is reset.
+STORING = ("runner", "runner_x2", "hand_alo", "hand_eo")
+
 
 def _median(runs: list[Run]) -> Run:
     """The repetition with the median rate; the detail keeps every rate and all checks."""
@@ -200,7 +216,7 @@ def run_throughput(
                 max_batch=batch,
                 profile=profile and mode == "runner" and rep == 0,
             )
-        if mode in ("runner", "runner_x2"):
+        if mode in STORING:
             committed = kct.admin.committed_offsets(run.detail["group"], [topic])
             run.detail["committed_equals_end"] = committed == end
             kct.store.reset(run.detail["group"])
@@ -210,7 +226,7 @@ def run_throughput(
     try:
         for rep in range(reps):  # repetitions interleaved, so drift hits every variant
             for batch in batches:
-                for mode in ("raw", "runner"):
+                for mode in ("raw", "hand_alo", "runner", "hand_eo"):
                     measure(mode, batch, rep)
         best = max(batches, key=lambda b: _median(samples[("runner", b)]).rate)
         for rep in range(reps):

@@ -19,7 +19,8 @@ from typing import Any
 
 from confluent_kafka import Consumer
 
-from benchmarks.common import make_kct
+from benchmarks.common import PLACED, make_kct
+from benchmarks.handwritten import hand_written
 from connectors.kafka import KafkaRecordConsumer, KafkaSettings
 from tests.balances import balances
 from tests.order_stats import order_stats
@@ -133,7 +134,9 @@ def throughput(
     """Read ``expected`` events of ``topic`` as a fresh group; report the elapsed time.
 
     Modes: ``runner`` (kct ProjectionRunner: decode, apply, store, commit,
-    announce), ``raw`` (confluent-kafka consume, no decode), ``raw_avro``
+    announce), ``hand_alo``/``hand_eo`` (the hand-written at-least-once and
+    effectively-once projections of ``benchmarks/handwritten.py``), ``raw``
+    (confluent-kafka consume, no decode), ``raw_avro``
     (raw consume + kct's Avro codec on each value), ``reader`` (kct's
     EventReader: consume + envelope and Avro decode, nothing applied).
     The clock starts right before the consumer is created (group join
@@ -192,8 +195,26 @@ def throughput(
         reader.close()
         return {"done": done, "count": count}
 
+    writer_schema = kct.codec.registry.current(PLACED)
+    schemas = {writer_schema.ref: writer_schema.parsed}
+
+    def run_hand(effectively_once: bool) -> dict[str, Any]:
+        return hand_written(
+            consumer_config=raw_consumer_config(bootstrap, group),
+            redis_url=redis_url,
+            schemas=schemas,
+            topic=topic,
+            projection=group,
+            expected=expected,
+            max_batch=max_batch,
+            effectively_once=effectively_once,
+            deadline=deadline,
+        )
+
     bodies: dict[str, Callable[[], dict[str, Any]]] = {
         "runner": run_runner,
+        "hand_alo": lambda: run_hand(effectively_once=False),
+        "hand_eo": lambda: run_hand(effectively_once=True),
         "raw": lambda: run_raw(decode=False),
         "raw_avro": lambda: run_raw(decode=True),
         "reader": run_reader,

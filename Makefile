@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: demo test install stack stack-down lint unit integration bench clean
+.PHONY: demo test install stack stack-down lint unit integration bench bench-compare clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (need Python >= 3.11)"; exit 1; }
@@ -41,6 +41,10 @@ integration: stack
 
 bench: stack
 	$(BIN)/python -m benchmarks.run $(if $(QUICK),--quick,)
+
+# The ratios of benchmarks/results.json that moved beyond their noise since the last run.
+bench-compare: install
+	$(BIN)/python -m benchmarks.compare
 
 test: lint stack
 	$(BIN)/pytest tests $(PYTEST_ARGS)

@@ -39,8 +39,11 @@ def kafka_error(exc: KafkaException) -> KafkaError:
     return KafkaError(KafkaError._FAIL, str(error))
 
 
-def delivery_failure(error: KafkaError) -> str:
-    """What a failed delivery report means, in words a caller can act on."""
+def delivery_failure(error: KafkaError | None) -> str:
+    """What a failed delivery report (None: no report in time) means, in words a
+    caller can act on."""
+    if error is None:
+        return f"{_UNACKNOWLEDGED}; they may or may not be written"
     if error.code() in (KafkaError._MSG_TIMED_OUT, KafkaError.NOT_ENOUGH_REPLICAS):
         return f"{_UNACKNOWLEDGED} [{error.name()}]"
     if error.code() == KafkaError.NOT_ENOUGH_REPLICAS_AFTER_APPEND:

@@ -105,7 +105,7 @@ class KafkaRecordProducer:
             self._enqueue(record, batch.callback(index), deadline)
         if not batch.done.wait(max(0.0, deadline - time.monotonic())):
             raise PublishError(
-                "records not acknowledged in time; they may or may not be written",
+                f"records {delivery_failure(None)}",
                 topic=records[0].topic if records else None,
                 timeout_s=self._delivery_timeout,
             )

@@ -32,7 +32,13 @@ Error classes, as librdkafka defines them, each handled here:
   closes itself and raises ``PublishError`` (``cause="fenced"``), and never
   re-initialises (that would fence the newer one in turn);
 * any other fatal error: the producer is re-created and ``PublishError``
-  raised.
+  raised;
+* a re-creation that cannot reach Kafka (``init_transactions`` times out, e.g.
+  with the cluster's quorum lost): the producer is marked stale and the next
+  :meth:`begin` re-creates it first (``PublishError`` while Kafka is still
+  away), so no transaction ever starts on a producer whose last transaction
+  is unresolved; a ``begin_transaction`` refused for such a state (an abort
+  still pending) marks it stale too and raises ``PublishError``.
 
 A transaction left open (its context manager exited without commit) is
 aborted.
@@ -40,6 +46,7 @@ aborted.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -109,6 +116,8 @@ class KafkaTransactionalProducer:
         # One transaction at a time: held from begin() until commit or abort.
         self._turn = threading.Lock()
         self._closed = threading.Event()
+        # True when the producer must be re-created before the next transaction.
+        self._stale = False
         self._producer = self._new_producer()
         self._poller = threading.Thread(
             target=self._serve_delivery_reports, name="kct-txn-poller", daemon=True
@@ -135,7 +144,12 @@ class KafkaTransactionalProducer:
         """Replace the producer (after a fatal or indefinite error)."""
         log.warning("re-initialising transactional producer %s", self.transactional_id)
         # The old instance is dropped: the new one's init_transactions fences it.
-        self._producer = self._new_producer()
+        try:
+            self._producer = self._new_producer()
+        except PublishError:
+            self._stale = True  # Kafka unreachable: the next begin() tries again
+            raise
+        self._stale = False
 
     def _serve_delivery_reports(self) -> None:
         while not self._closed.is_set():
@@ -159,7 +173,20 @@ class KafkaTransactionalProducer:
                 transactional_id=self.transactional_id,
             )
         try:
+            if self._stale:
+                self.reinitialise()
             self._call("begin_transaction", self._producer.begin_transaction)
+        except KafkaException as exc:
+            # Refused for the producer's state (an abort that never finished):
+            # re-create it before the next transaction.
+            self._stale = True
+            self._turn.release()
+            error = kafka_error(exc)
+            raise PublishError(
+                f"begin_transaction failed: {error.str()}",
+                transactional_id=self.transactional_id,
+                code=error.name(),
+            ) from exc
         except BaseException:
             self._turn.release()
             raise
@@ -286,7 +313,7 @@ class KafkaTransaction:
                 except KafkaException as exc:
                     self._fail(f"record not accepted: {kafka_error(exc).str()}", record.topic)
         if not batch.done.wait(max(0.0, deadline - time.monotonic())):
-            self._fail("records not acknowledged in time", records[0].topic if records else None)
+            self._fail(f"records {delivery_failure(None)}", records[0].topic if records else None)
         if batch.errors:
             index, error = batch.errors[0]
             if error.code() in _FENCED:
@@ -325,7 +352,9 @@ class KafkaTransaction:
                 if not self._owner._closed.is_set():
                     # After a rejected record librdkafka's next transaction can still
                     # fail on skipped sequence numbers; a new epoch starts clean.
-                    self._owner.reinitialise()
+                    # Kafka unreachable: stale, re-created by the next begin().
+                    with contextlib.suppress(PublishError):
+                        self._owner.reinitialise()
             finally:
                 self._finish()
         raise TransactionAborted(
@@ -392,9 +421,11 @@ class KafkaTransaction:
                     return
                 if error.retriable() and attempt < owner._commit_attempts:
                     continue
-                # Unknown state: a fresh producer aborts it on the broker.
+                # Unknown state: a fresh producer aborts it on the broker (now,
+                # or at the next begin() if Kafka cannot be reached yet).
                 log.warning("abort of %s failed (%s)", owner.transactional_id, error)
-                owner.reinitialise()
+                with contextlib.suppress(PublishError):
+                    owner.reinitialise()
                 return
 
     def _finish(self) -> None:

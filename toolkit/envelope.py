@@ -29,9 +29,9 @@ topic instead of stopping.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
-from typing import Any, NoReturn
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, NoReturn, TypeVar
 
 from uuid6 import uuid7
 
@@ -204,14 +204,16 @@ def decode_record(record: ConsumedRecord, codec: EventCodec) -> ConsumedEvent:
         _check_lengths(text, record)
     payload = codec.decode(record.value, schema_ref)
     wall, logical, node = hlc.groups()
-    envelope = Envelope(
+    # The checks above cover Envelope.__post_init__'s (aggregate_id non-empty,
+    # sequence a non-negative decimal), so the fields are set directly.
+    envelope = _new_envelope(
         event_type,
         aggregate_type,
         aggregate_id,
         int(sequence),
         payload,
         event_id,
-        HLCTimestamp(int(wall), int(logical), node),
+        _new_hlc(int(wall), int(logical), node),
         schema_ref,
         None if fence is None else int(fence),
         text.get(_CORRELATION_ID) or None,
@@ -219,7 +221,7 @@ def decode_record(record: ConsumedRecord, codec: EventCodec) -> ConsumedEvent:
         text.get(_TRACEPARENT) or None,
         text.get(_TRACESTATE) or None,
     )
-    return ConsumedEvent(envelope, Position(record.topic, record.partition, record.offset), record)
+    return _new_consumed(envelope, Position(record.topic, record.partition, record.offset), record)
 
 
 # Validation patterns (ASCII only: str.isdigit() also accepts "²" and "١٢").
@@ -298,3 +300,26 @@ def _invalid(record: ConsumedRecord, name: str, value: str, problem: str) -> NoR
         value=value[:40],
         position=str(record.position),
     )
+
+
+_T = TypeVar("_T")
+
+
+def _fields_setter(cls: type[_T]) -> Callable[..., _T]:
+    """A positional constructor of the frozen, slotted dataclass ``cls`` that sets its
+    slots directly: no ``__init__`` (whose frozen ``object.__setattr__`` per field
+    halves the cost of building an event) and no ``__post_init__``, so only for
+    ``decode_record``, whose checks already cover them. Generated like the
+    dataclass's own ``__init__``; the result is equal to ``cls(*values)``."""
+    names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+    namespace: dict[str, Any] = {"_new": object.__new__, "_cls": cls}
+    namespace.update({f"_set{i}": cls.__dict__[name].__set__ for i, name in enumerate(names)})
+    body = "".join(f"    _set{i}(o, {name})\n" for i, name in enumerate(names))
+    exec(f"def build({', '.join(names)}):\n    o = _new(_cls)\n{body}    return o\n", namespace)
+    built: Callable[..., _T] = namespace["build"]
+    return built
+
+
+_new_envelope = _fields_setter(Envelope)
+_new_hlc = _fields_setter(HLCTimestamp)
+_new_consumed = _fields_setter(ConsumedEvent)

@@ -68,3 +68,35 @@ def test_batch_journal_keeps_every_change_in_order_and_rolls_back() -> None:
         ReadModelChange("delete", "b"),
         ReadModelChange("increment", "c", field="x", amount=2),
     ]
+
+
+def test_decoded_event_is_the_dataclasses_own() -> None:
+    """decode_record sets the slots directly: the objects are equal to and refuse
+    changes like ones built through ``__init__``."""
+    import dataclasses
+
+    from connectors.avro import AvroCodec, AvroSchemaRegistry, bundled_schema_dir
+    from toolkit.envelope import ConsumedEvent, Envelope, decode_record, encode_envelope
+    from toolkit.hlc import HLCTimestamp
+    from toolkit.ports import ConsumedRecord
+    from toolkit.positions import Position
+
+    codec = AvroCodec(AvroSchemaRegistry.from_directories(bundled_schema_dir()))
+    sent = Envelope(
+        "kct.examples.orders.OrderCancelled",
+        "order",
+        "order-7",
+        3,
+        {"order_id": "order-7", "reason": "x"},
+        fence=4,
+    )
+    stamped, record = encode_envelope("orders", sent, codec, HLCTimestamp(5, 1, "n"))
+    consumed = ConsumedRecord("orders", 0, 17, b"order-7", record.value, record.headers)
+    event = decode_record(consumed, codec)
+    expected = ConsumedEvent(stamped, Position("orders", 0, 17), consumed)
+    assert type(event) is ConsumedEvent and type(event.envelope) is Envelope
+    assert type(event.envelope.hlc) is HLCTimestamp
+    assert event == expected and event.envelope == stamped
+    assert event.envelope.hlc == HLCTimestamp(5, 1, "n")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        event.envelope.sequence = 9  # type: ignore[misc]

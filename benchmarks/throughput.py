@@ -252,10 +252,13 @@ def main() -> None:
     raw = tp.best("raw")
     for run in tp.runs + tp.scale_out:
         share = f"{run.rate / raw.rate:.0%}" if raw and raw.rate else "-"
+        hand = tp.at("hand_alo", run.max_batch)
+        vs_hand = f"{run.rate / hand.rate:.0%}" if hand and hand.rate else "-"
         checked = run.detail.get("committed_equals_end")
         print(
             f"{run.mode:<10} max_batch={run.max_batch:<5} {run.count:>7} events "
-            f"{run.seconds:6.2f} s {run.rate:>10,.0f}/s  {share:>4} of best raw"
+            f"{run.seconds:6.2f} s {run.rate:>10,.0f}/s  {share:>4} of best raw, "
+            f"{vs_hand:>4} of hand-written ALO"
             + ("" if checked is None else f"  committed==end: {checked}")
         )
 

@@ -20,7 +20,13 @@ Failure modes:
   down, or when ZooKeeper refuses (e.g. an ACL denies this identity).
   ``acquire`` waits at most ``timeout`` plus ``connect_timeout``, even when
   the connection drops in the middle (an abandoned attempt removes its node,
-  or releases the lock, once kazoo gets through again).
+  or releases the lock, once kazoo gets through again). A failed attempt's
+  contender node is deleted for sure: kazoo's own clean-up is one best-effort
+  delete, and a node it could not delete (the connection was down at that
+  moment, e.g. during a ZooKeeper leader election) stays with the live
+  session and later holds the lock for nobody, blocking every other
+  contender until that session ends. A helper thread retries the delete
+  while the session lives.
 * A lease is lost with its session (kazoo's ``LOST`` state). ``is_held`` asks
   the server and answers False, without raising, whenever the lease cannot be
   proven ours right now; after ``LOST`` or once its node is gone it answers
@@ -86,10 +92,17 @@ class _Attempt:
     caller's wait stays bounded even when a dropped connection stalls kazoo's
     requests. An abandoned attempt cleans up after itself when kazoo returns."""
 
-    def __init__(self, lock: Lock, timeout: float, release: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        lock: Lock,
+        timeout: float,
+        release: Callable[[], None],
+        remove_node: Callable[[], None],
+    ) -> None:
         self._lock = lock
         self._timeout = timeout
         self._release = release
+        self._remove_node = remove_node
         self._done = threading.Event()
         self._mutex = threading.Lock()
         self._abandoned = False
@@ -109,6 +122,8 @@ class _Attempt:
             abandoned = self._abandoned
         if abandoned and self.acquired:
             self._release()
+        elif not self.acquired:
+            self._remove_node()
 
     def finish(self, timeout: float, grace: float) -> bool:
         """Wait for the attempt; False if it had to be abandoned."""
@@ -246,7 +261,10 @@ class ZooKeeperLockService:
         client = self._connected_client()
         lock = client.Lock(path, self._identifier)
         attempt = _Attempt(
-            lock, timeout, lambda: self._release_lock(lock, f"{lock.path}/{lock.node}")
+            lock,
+            timeout,
+            lambda: self._release_lock(lock, f"{lock.path}/{lock.node}"),
+            lambda: self._remove_contender(lock),
         )
         if not attempt.finish(timeout, grace=self.settings.connect_timeout):
             raise self._error("ZooKeeper connection lost while acquiring", aggregate_id)
@@ -263,6 +281,23 @@ class ZooKeeperLockService:
                 raise self._error("ZooKeeper connection lost while acquiring", aggregate_id)
             raise LockTimeout("lock not acquired in time", aggregate=aggregate_id, timeout=timeout)
         return self._lease(lock, aggregate_id)
+
+    def _remove_contender(self, lock: Lock, give_up_after: float = 120.0) -> None:
+        """Delete the contender node of a failed attempt (on the attempt's thread),
+        retrying while the connection is down; gone with the session otherwise."""
+        deadline = time.monotonic() + give_up_after
+        while not self._closed and time.monotonic() < deadline:
+            try:
+                for child in lock.client.get_children(lock.path):
+                    if child.startswith(lock.prefix):
+                        lock.client.delete(f"{lock.path}/{child}")
+                        _log.info("removed the contender node %s/%s left behind", lock.path, child)
+                return
+            except NoNodeError:
+                return
+            except _ZK_ERRORS as exc:
+                _log.debug("contender clean-up under %s: %r, retrying", lock.path, exc)
+                time.sleep(0.5)
 
     def close(self) -> None:
         """Release every live lease and end the session."""

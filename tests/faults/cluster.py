@@ -48,7 +48,7 @@ CI = Size(
     copy_rate=600,
     projection_events=6_000,
     sagas=300,
-    increments=120,
+    increments=500,
     broker_kills=3,
 )
 FULL = Size(
@@ -57,7 +57,7 @@ FULL = Size(
     copy_rate=1_200,
     projection_events=30_000,
     sagas=1_000,
-    increments=400,
+    increments=1_500,
     broker_kills=8,
 )
 

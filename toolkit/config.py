@@ -81,6 +81,7 @@ __all__ = [
     "MonitorConfig",
     "MonitorTargetConfig",
     "RedisConfig",
+    "RedisDurabilityConfig",
     "SaslConfig",
     "ServiceEndpointConfig",
     "SidecarConfig",
@@ -421,6 +422,18 @@ class ZooKeeperConfig(_Model):
         return resolve_lock_acl(acl, info.data["auth"] is not None)
 
 
+class RedisDurabilityConfig(_Model):
+    """How durable saga step records (once-only outcomes) must be: they cannot be
+    rebuilt from Kafka. ``fsync`` is what the Redis holding them must run
+    (checked with ``CONFIG GET`` at first use; ``any`` checks nothing);
+    ``wait_replicas`` > 0 makes every step record wait (``WAIT``) until that
+    many replicas hold it, up to ``wait_timeout`` seconds, or fail."""
+
+    fsync: Literal["any", "everysec", "always"] = "any"
+    wait_replicas: Annotated[int, Field(ge=0, le=16)] = 0
+    wait_timeout: Seconds = 1.0
+
+
 class RedisConfig(_Model):
     """Where Redis is. Credentials live in ``username``/``password``, never in the URL."""
 
@@ -428,6 +441,7 @@ class RedisConfig(_Model):
     username: NonEmpty | None = None
     password: Secret | None = None
     tls: TlsConfig | None = None
+    durability: RedisDurabilityConfig = Field(default_factory=RedisDurabilityConfig)
 
     def redis_url(self) -> str:
         """The URL without secrets; ``rediss://`` when ``tls`` is set."""

@@ -14,6 +14,16 @@ Layout: the participant's read model uses the projection layout
 (``kct:rm:{<participant>}:d:<key>`` documents, ``:c:<key>`` counters), and
 outcomes live at ``kct:rm:{<participant>}:once:<key>``, all in one hash slot.
 
+Durability (``RedisSettings.durability_fsync``, ``wait_replicas``, from
+kct.yaml's ``redis.durability``): with ``fsync`` ``always`` or ``everysec``
+the first step record checks the server's ``appendonly``/``appendfsync``
+(``CONFIG GET``) and refuses to run on a weaker one (``ConfigurationError``);
+with ``wait_replicas`` n, every step record (new or found) waits with
+``WAIT n`` until n replicas hold it, and raises ``StoreError`` if fewer did
+within ``wait_timeout``: the participant then retries the command, which
+finds its record and re-publishes, so a failover to a replica never loses a
+step that was acknowledged to Kafka.
+
 Failure modes: any Redis error becomes ``StoreError`` naming the participant.
 Outcomes are kept until deleted: they cannot be rebuilt from Kafka (see the
 README's production checklist for Redis durability).
@@ -31,6 +41,7 @@ import redis
 from connectors.redis.errors import map_exceptions
 from connectors.redis.read_model import APPLY_CHANGES_LUA, RedisReadModelStore, encode_changes
 from connectors.redis.settings import RedisSettings
+from toolkit.errors import ConfigurationError, StoreError
 from toolkit.ports import ReadModelChange
 
 __all__ = ["RedisSagaStepStore"]
@@ -59,6 +70,7 @@ class RedisSagaStepStore:
         self._redis = client or settings.client()
         self._read_model = RedisReadModelStore(settings, self._redis)
         self._record_once = self._redis.register_script(_RECORD_ONCE)
+        self._durability_checked = settings.durability_fsync == "any"
 
     @staticmethod
     def _prefix(participant: str) -> str:
@@ -89,11 +101,51 @@ class RedisSagaStepStore:
         ops, documents = encode_changes(self._prefix(participant), changes, keys)
         request = json.dumps({"ops": ops}, separators=(",", ":"))
         stored = json.dumps(outcome, separators=(",", ":"), sort_keys=True)
+        if not self._durability_checked:
+            self._check_fsync(participant)
         with self._errors("step record", participant):
             result = self._record_once(keys=keys, args=[request, documents, stored])
+        if self._settings.wait_replicas:
+            self._wait_for_replicas(participant)
         if int(result[0]) == 1:
             return True, dict(outcome)
         return False, dict(json.loads(str(result[1])))
+
+    def _check_fsync(self, participant: str) -> None:
+        """Refuse a Redis whose append-only file is weaker than ``durability_fsync``."""
+        wanted = self._settings.durability_fsync
+        try:
+            with self._errors("durability check (CONFIG GET)", participant):
+                appendonly = self._redis.config_get("appendonly").get("appendonly")
+                appendfsync = self._redis.config_get("appendfsync").get("appendfsync")
+        except StoreError as exc:
+            raise ConfigurationError(
+                f"redis.durability.fsync is {wanted!r} but the server's settings cannot be "
+                f"read ({exc.message}); check them yourself and set fsync: any",
+                url=self._settings.safe_url(),
+            ) from exc
+        strong_enough = appendfsync == "always" or (wanted == "everysec" and appendfsync != "no")
+        if appendonly != "yes" or not strong_enough:
+            raise ConfigurationError(
+                f"redis.durability.fsync is {wanted!r} but Redis runs appendonly {appendonly}, "
+                f"appendfsync {appendfsync}: saga step records could be lost in a crash; "
+                f"set appendonly yes and appendfsync {wanted} on the server",
+                url=self._settings.safe_url(),
+            )
+        self._durability_checked = True
+
+    def _wait_for_replicas(self, participant: str) -> None:
+        wanted = self._settings.wait_replicas
+        with self._errors("WAIT for replicas", participant):
+            acked = int(self._redis.wait(wanted, int(self._settings.wait_timeout * 1000)))
+        if acked < wanted:
+            raise StoreError(
+                f"step record held by {acked} of {wanted} replicas after "
+                f"{self._settings.wait_timeout:g} s (redis.durability.wait_replicas); "
+                "the command will be retried",
+                participant=participant,
+                replicas=acked,
+            )
 
     def close(self) -> None:
         self._redis.close()

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
-from pydantic import BaseModel, ConfigDict, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from toolkit.config import DEFAULT_REDIS_URL, RedisConfig
 
@@ -36,6 +37,11 @@ class RedisSettings(BaseModel):
     cert_file: str | None = None
     key_file: str | None = None
     verify_hostname: bool = True
+    # Saga step records (kct.yaml's redis.durability): the server's appendfsync
+    # the store checks at first use ("any": no check), and replicas to WAIT for.
+    durability_fsync: Literal["any", "everysec", "always"] = "any"
+    wait_replicas: int = Field(default=0, ge=0)
+    wait_timeout: float = Field(default=1.0, gt=0)
 
     @classmethod
     def from_config(cls, config: RedisConfig) -> RedisSettings:
@@ -49,6 +55,9 @@ class RedisSettings(BaseModel):
             cert_file=tls.cert_file if tls else None,
             key_file=tls.key_file if tls else None,
             verify_hostname=tls.verify_hostname if tls else True,
+            durability_fsync=config.durability.fsync,
+            wait_replicas=config.durability.wait_replicas,
+            wait_timeout=config.durability.wait_timeout,
         )
 
     @classmethod

@@ -10,6 +10,8 @@ from textwrap import dedent
 import pytest
 from click.testing import CliRunner
 
+from connectors.kafka import KafkaSettings
+from connectors.redis import RedisSettings
 from toolkit.config import KctConfig, load_config, parse_config
 from toolkit.errors import ConfigurationError
 from toolkit.runtime.cli import cli, main
@@ -735,8 +737,6 @@ def test_deployment_defaults_and_is_a_kafka_safe_name() -> None:
 
 
 def test_topic_replication_settings_reach_the_kafka_settings_and_are_checked() -> None:
-    from connectors.kafka import KafkaSettings
-
     config = parse_config(BASE + "  topics: {replication_factor: 3, min_insync_replicas: 2}\n")
     settings = KafkaSettings.from_config(config.kafka)
     assert (settings.replication_factor, settings.min_insync_replicas) == (3, 2)
@@ -749,3 +749,16 @@ def test_topic_replication_settings_reach_the_kafka_settings_and_are_checked() -
     assert "kafka.topics.replication_factor: expected a number > 0, got 0" in str(
         _error(BASE + "  topics: {replication_factor: 0}\n")
     )
+
+
+def test_redis_durability_settings_reach_the_redis_settings_and_are_checked() -> None:
+    tail = "redis:\n  durability: {fsync: always, wait_replicas: 1, wait_timeout: 0.5}\n"
+    settings = RedisSettings.from_config(parse_config(BASE + tail).redis)
+    assert (settings.durability_fsync, settings.wait_replicas, settings.wait_timeout) == (
+        "always",
+        1,
+        0.5,
+    )
+    assert RedisSettings.from_config(parse_config(BASE).redis).durability_fsync == "any"
+    error = str(_error(BASE + "redis:\n  durability: {fsync: sometimes}\n"))
+    assert "redis.durability.fsync" in error and "always" in error

@@ -441,7 +441,7 @@ class ZooKeeperService(Service):
 
 
 class RedisService(Service):
-    """Redis from the Debian package, AOF on (appendfsync everysec)."""
+    """Redis from the Debian package, AOF on (appendfsync everysec; always on the cluster)."""
 
     kind = "redis"
     port_names = ("redis",)
@@ -459,6 +459,9 @@ class RedisService(Service):
             self.conf_dir / "redis.conf",
             redis=self.ports.redis,
             data_dir=str(self.data_dir),
+            # The cluster is the production-like topology: no acknowledged step
+            # record may be lost, even on a host crash.
+            appendfsync="always" if self.topology.is_cluster else "everysec",
         )
 
     def argv(self) -> list[str]:

@@ -364,13 +364,16 @@ class LocalStack:
         return record.pid
 
     def kill(self, name: str) -> None:
-        """kill -9 node ``name`` and wait until its process is gone (data stays)."""
-        record = self._live_record(self._node(name))
+        """kill -9 node ``name``; wait until its process is gone and its ports are free."""
+        svc = self._node(name)
+        record = self._live_record(svc)
         if record is None:
             return
         proc.send_signal(record, signal.SIGKILL)
         deadline = time.monotonic() + 10.0
-        while proc.is_alive(record) and time.monotonic() < deadline:
+        while time.monotonic() < deadline and (
+            proc.is_alive(record) or any(map(proc.port_in_use, svc.bound_ports().values()))
+        ):
             time.sleep(0.05)
 
     def freeze(self, name: str) -> None:

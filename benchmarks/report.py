@@ -11,7 +11,7 @@ from rich.table import Table
 
 from benchmarks.common import Summary
 from benchmarks.latency import LatencyResult
-from benchmarks.throughput import ThroughputResult
+from benchmarks.throughput import Run, ThroughputResult
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 LATENCY_TARGET_MS = 10.0
@@ -113,6 +113,19 @@ def throughput_rows(tp: ThroughputResult) -> list[list[str]]:
     return out
 
 
+def _paired(runner: Run, hand: Run) -> str:
+    """The ratio of each repetition's runner and hand-written runs (run next to each
+    other): their spread says how much the median ratio can be trusted."""
+    pairs = [
+        r / h
+        for r, h in zip(runner.detail.get("rates", []), hand.detail.get("rates", []), strict=False)
+        if h
+    ]
+    if not pairs:
+        return "no repetitions"
+    return "per repetition " + ", ".join(f"{x:.0%}" for x in pairs)
+
+
 def verdicts(lat: LatencyResult, tp: ThroughputResult) -> list[Verdict]:
     gap = lat.kct.p99 - lat.floor.p99
     lat_ok = lat.kct.errors == 0 and lat.kct.count > 0 and gap <= LATENCY_TARGET_MS
@@ -132,7 +145,7 @@ def verdicts(lat: LatencyResult, tp: ThroughputResult) -> list[Verdict]:
             "at-least-once projection (medians, same max_batch)",
             (
                 f"runner {runner.rate:,.0f}/s, hand-written {hand.rate:,.0f}/s "
-                f"(max_batch={runner.max_batch}): {share:.0%}"
+                f"(max_batch={runner.max_batch}): {share:.0%}; {_paired(runner, hand)}"
                 if runner and hand
                 else "a run did not read every event"
             ),

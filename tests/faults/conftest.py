@@ -87,7 +87,9 @@ def make_cluster_kct(
         app = Kct(
             KctSettings(
                 kafka=cluster_kafka,
-                redis=RedisSettings(url=found.redis_url),
+                # The cluster's Redis runs appendfsync always: checked, as kct.yaml's
+                # redis.durability.fsync: always would.
+                redis=RedisSettings(url=found.redis_url, durability_fsync="always"),
                 zookeeper=ZooKeeperSettings(
                     hosts=found.zookeeper_hosts, lock_root=lock_root, session_timeout=6.0
                 ),

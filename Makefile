@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: demo test install stack stack-down lint unit integration bench bench-compare clean
+.PHONY: demo test install stack stack-down lint unit integration faults bench bench-compare clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (need Python >= 3.11)"; exit 1; }
@@ -38,6 +38,11 @@ unit: install
 
 integration: stack
 	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
+
+# The fault suite at full size (`make test` runs it reduced). Its replicated
+# cases bring up their own `kct stack up --cluster` and take it down after.
+faults: stack
+	KCT_FAULTS_SIZE=full $(BIN)/pytest tests/faults $(PYTEST_ARGS)
 
 bench: stack
 	$(BIN)/python -m benchmarks.run $(if $(QUICK),--quick,)

@@ -22,6 +22,7 @@ from benchmarks.boundary import boundary_section, run_boundary
 from benchmarks.common import endpoints
 from benchmarks.compare import write_json
 from benchmarks.conflicts import conflicts_section, run_conflicts
+from benchmarks.durability import durability_section, run_durability
 from benchmarks.latency import run_latency
 from benchmarks.machine import machine_facts
 from benchmarks.monitor import monitor_section, run_monitor
@@ -43,6 +44,7 @@ FULL = {
     "trace_writes": 500,
     "sidecar_writes": 1000,
     "sidecar_bulk": 20_000,
+    "durability_records": 6000,
 }
 QUICK = {
     "writes": 200,
@@ -56,6 +58,7 @@ QUICK = {
     "trace_writes": 60,
     "sidecar_writes": 150,
     "sidecar_bulk": 5_000,
+    "durability_records": 600,
 }
 
 
@@ -113,6 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     sections.append(conflicts_section(run_conflicts(sizes["decisions"], console.print)))
     console.print(f"[bold]sagas[/] ({sizes['sagas']:,} OrderFulfillment sagas)")
     sections.append(sagas_section(run_sagas(ep, sizes["sagas"], console.print)))
+    console.print(f"[bold]step records[/] ({sizes['durability_records']:,} per durability)")
+    sections.append(
+        durability_section(run_durability(ep, sizes["durability_records"], console.print))
+    )
     console.print("[bold]monitor[/] (one check over 100 / 300 / 1,000 partitions; scrapes)")
     sections.append(monitor_section(run_monitor(ep, 10 if quick else 30, console.print)))
     console.print("[bold]tracing cost[/] (off, 100 % and 1 % sampling)")

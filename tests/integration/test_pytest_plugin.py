@@ -13,6 +13,7 @@ from toolkit.positions import TopicPartition
 from toolkit.projection import Projection
 from toolkit.read_model import ReadModelBatch
 from toolkit.runtime.app import Kct
+from toolkit.runtime.stack import default_state_dir
 
 pytestmark = pytest.mark.integration
 pytest_plugins = ["pytester"]
@@ -79,7 +80,15 @@ def test_a_wait_that_times_out_fails(kct_app, kct_topic, kct_wait_consistent):
 """
 
 
-def test_a_users_test_file_runs_with_the_plugin(pytester: pytest.Pytester) -> None:
+# Pytester points HOME at a temporary directory: name the stack's state directory
+# as resolved before that, so the user's test attaches to the running stack.
+_STATE_DIR = default_state_dir()
+
+
+def test_a_users_test_file_runs_with_the_plugin(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KCT_STATE_DIR", str(_STATE_DIR))
     pytester.makepyfile(test_user=USER_TEST)
     result = pytester.runpytest_subprocess("-q", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=1, failed=1)

@@ -425,19 +425,41 @@ class ZooKeeperLockService:
         """Delete our contender node; bounded, and never raises for connection problems.
 
         (Not ``Lock.release()``: its synchronous delete waits without limit
-        while kazoo reconnects.) A suspended connection gets the delete queued
-        for when it returns; an expired session has removed the node already.
+        while kazoo reconnects.) A delete the connection swallowed (kazoo fails
+        requests in flight or queued when the connection drops) is retried on a
+        helper thread while the session lives: a holder's node left behind would
+        hold the lock for nobody until the session ends. An expired session has
+        removed the node already.
         """
+        if self._state == KazooState.CONNECTED and self._delete_node(lock.client, node_path):
+            return
+        threading.Thread(
+            target=self._delete_until_gone,
+            args=(lock.client, node_path),
+            name="kct-zookeeper-release",
+            daemon=True,
+        ).start()
+
+    def _delete_node(self, client: KazooClient, node_path: str) -> bool:
+        """True once the node is gone (deleted now, or already)."""
         try:
-            request = lock.client.delete_async(node_path)
-            if self._state != KazooState.CONNECTED:
-                _log.debug("release of %s queued until the connection returns", node_path)
-                return
-            request.get(timeout=self.settings.connect_timeout)
+            client.delete_async(node_path).get(timeout=self.settings.connect_timeout)
         except NoNodeError:
-            pass
+            return True
         except (*_ZK_ERRORS, OSError) as exc:
-            _log.debug("release of %s failed: %r", node_path, exc)
+            _log.debug("release of %s failed: %r, retrying", node_path, exc)
+            return False
+        return True
+
+    def _delete_until_gone(
+        self, client: KazooClient, node_path: str, give_up_after: float = 120.0
+    ) -> None:
+        deadline = time.monotonic() + give_up_after
+        while not self._closed and time.monotonic() < deadline:
+            if self._state == KazooState.CONNECTED and self._delete_node(client, node_path):
+                return
+            time.sleep(0.2)
+        _log.warning("could not delete lock node %s; it goes with its session", node_path)
 
     def _error(self, message: str, aggregate_id: str) -> CoordinationError:
         return CoordinationError(message, aggregate=aggregate_id, hosts=self.settings.hosts)

@@ -43,18 +43,32 @@ __all__ = [
     "make_kct",
     "producer",
     "pytest_runtest_makereport",
+    "pytest_runtest_teardown",
     "pytest_terminal_summary",
 ]
 
 
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[LocalStack]:
-    """The fault suite's three-node cluster, up for the session (down at its end)."""
+    """The fault suite's three-node cluster: up on first use, down after the last
+    test that uses it (``pytest_runtest_teardown``) or at the session's end."""
     stack = cluster_stack()
     stack.up()
     yield stack
     if not keep_cluster():
         stack.down()
+
+
+@pytest.hookimpl(trylast=True)  # after the test's own fixtures are torn down
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """Take the cluster down as soon as no later test needs it: the rest of the
+    run (integration, unit) should not share two cores with three idle brokers."""
+    if keep_cluster() or "cluster" not in getattr(item, "fixturenames", ()):
+        return
+    items = item.session.items
+    later = items[items.index(item) + 1 :] if item in items else []
+    if not any("cluster" in getattr(i, "fixturenames", ()) for i in later):
+        cluster_stack().down()
 
 
 @pytest.fixture(scope="session")

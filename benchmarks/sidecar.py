@@ -124,11 +124,18 @@ def _start(
         found = re.search(rb"listening on http://127\.0\.0\.1:(\d+)", log.read_bytes())
         if found:
             port = int(found.group(1))
-            while time.monotonic() < deadline:  # until its runner joined the group
+            while time.monotonic() < deadline:  # until it serves and its runner joined
+                if process.poll() is not None:
+                    break
                 connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-                connection.request("GET", "/readyz")
-                if connection.getresponse().status == 200:
-                    return process, port
+                try:  # "listening" is printed as the server starts: it may not accept yet
+                    connection.request("GET", "/readyz")
+                    if connection.getresponse().status == 200:
+                        return process, port
+                except OSError:
+                    pass
+                finally:
+                    connection.close()
                 time.sleep(0.1)
         time.sleep(0.05)
     process.kill()

@@ -9,9 +9,9 @@ pass the same assertions: what the suite checks is what the port promises.
 
 from __future__ import annotations
 
-import time
 import uuid
-from collections.abc import Callable
+
+from tests.waiting import eventually
 
 __all__ = ["eventually", "unique"]
 
@@ -19,12 +19,3 @@ __all__ = ["eventually", "unique"]
 def unique(prefix: str) -> str:
     """A name no other test uses (projections, groups, aggregates on shared servers)."""
     return f"contract-{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-def eventually(check: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    """Wait until ``check()`` holds; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not hold within {timeout} s")
-        time.sleep(0.02)

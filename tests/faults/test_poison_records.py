@@ -20,13 +20,14 @@ from confluent_kafka import Producer
 from tests.integration.conftest import Endpoints
 from tests.integration.helpers import running
 from tests.order_stats import order_stats, placed_event
+from tests.waiting import eventually
 from toolkit.dead_letter import DeadLetter, dead_letter_topic
 from toolkit.envelope import encode_envelope
 from toolkit.hlc import HLCTimestamp
 from toolkit.positions import TopicPartition
 from toolkit.runtime.app import Kct
 
-from .waiting import read_topic, until
+from .waiting import read_topic
 
 Headers = list[tuple[str, str | bytes | None]]
 
@@ -111,7 +112,7 @@ def test_every_poison_kind_between_good_events_is_dead_lettered_and_the_runner_l
 
     runner = kct.runner(order_stats(name, [topic]))
     with running(runner):
-        until(lambda: kct.admin.committed_offsets(name, [topic]) == {_tp(topic): end}, 60)
+        eventually(lambda: kct.admin.committed_offsets(name, [topic]) == {_tp(topic): end}, 60)
         assert runner.health.healthy, runner.health
     assert kct.store.counters(name, "totals") == {"events": good_count}
     assert kct.store.counters(name, "customer:c1") == {"orders": good_count, "cents": good_count}

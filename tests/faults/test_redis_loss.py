@@ -24,6 +24,7 @@ from examples.order_fulfillment.shop import Shop
 from tests.integration.conftest import Endpoints
 from tests.integration.helpers import end_token, running
 from tests.order_stats import order_stats, placed_event
+from tests.waiting import eventually
 from toolkit.envelope import Envelope
 from toolkit.projection import Handler, Projection, ProjectionRunner
 from toolkit.read_model import ReadModelBatch
@@ -32,7 +33,6 @@ from toolkit.saga.participant import SagaParticipant
 from toolkit.saga.state import SagaStatus
 
 from .servers import kill_9, redis_data_dir, restart_stack, wait_for_redis
-from .waiting import until
 
 # How long after Redis answers again a waiter may still trust stale offsets.
 DETECTION_WINDOW = 2.5
@@ -76,14 +76,14 @@ def test_redis_killed_mid_projection_the_runner_waits_it_out_and_heals_by_itself
     publisher = threading.Thread(target=_publish_slowly, args=(kct, topic, events, stop))
     with running(runner):
         publisher.start()
-        until(lambda: kct.store.counters(name, "totals").get("events", 0) > 600, 60)
+        eventually(lambda: kct.store.counters(name, "totals").get("events", 0) > 600, 60)
         kill_9("redis")
         time.sleep(3)  # an outage several back-off periods long
         assert not runner.health.healthy and "StoreError" in (runner.health.reason or "")
         restart_stack()
         publisher.join(120)
         kct.consistency.wait_for_consistency(end_token(kct, topic), [name], 60)
-        until(lambda: runner.health.healthy, 10, "runner healthy again")
+        eventually(lambda: runner.health.healthy, 10, "runner healthy again")
     stop.set()
     assert kct.store.counters(name, "totals") == {"events": 3000}
     cents = sum(kct.store.counters(name, f"customer:c{c}").get("cents", 0) for c in range(7))
@@ -121,8 +121,8 @@ def _snapshot_aof(url: str, into: Path) -> None:
     client = redis.Redis.from_url(url)
     try:
         client.bgrewriteaof()
-        until(lambda: int(client.info("persistence")["aof_rewrite_in_progress"]) == 0, 30)
-        until(lambda: int(client.info("persistence")["aof_rewrite_scheduled"]) == 0, 30)
+        eventually(lambda: int(client.info("persistence")["aof_rewrite_in_progress"]) == 0, 30)
+        eventually(lambda: int(client.info("persistence")["aof_rewrite_scheduled"]) == 0, 30)
         time.sleep(1.2)  # appendfsync everysec
     finally:
         client.close()
@@ -190,7 +190,7 @@ def test_a_reset_under_a_running_runner_rebuilds_the_model_exactly(
     publisher = threading.Thread(target=_publish_slowly, args=(kct, topic, events, stop))
     with running(runner):
         publisher.start()
-        until(lambda: kct.store.counters(name, "totals").get("events", 0) > 500, 60)
+        eventually(lambda: kct.store.counters(name, "totals").get("events", 0) > 500, 60)
         kct.store.reset(name)  # while events keep arriving
         publisher.join(120)
         kct.consistency.wait_for_consistency(end_token(kct, topic), [name], 60)

@@ -4,20 +4,10 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
 
 from connectors.kafka import KafkaRecordConsumer
 from toolkit.ports import ConsumedRecord
 from toolkit.runtime.app import Kct
-
-
-def until(condition: Callable[[], bool], timeout: float, what: str = "condition") -> None:
-    """Wait (checking every 50 ms) until ``condition()``; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout}s")
-        time.sleep(0.05)
 
 
 def read_topic(kct: Kct, topic: str, expected: int, timeout: float = 30) -> list[ConsumedRecord]:

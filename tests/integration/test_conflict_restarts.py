@@ -27,6 +27,7 @@ from tests.integration.conflict_worker import applied_order
 from tests.integration.conftest import Endpoints
 from tests.integration.helpers import peek, running
 from tests.integration.test_conflicts import configured
+from tests.waiting import eventually
 from toolkit.envelope import Envelope
 from toolkit.positions import ConsistencyToken
 from toolkit.publisher import PublishedEvent
@@ -35,15 +36,6 @@ from toolkit.runtime.app import Kct
 pytestmark = pytest.mark.integration
 
 ACCOUNTS = 20
-
-
-def wait_until(check: Callable[[], bool], seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def sequences(kct: Kct, name: str, account: str) -> list[int]:
@@ -88,14 +80,17 @@ def test_a_restart_behind_a_backlog_does_not_expire_the_gap_the_backlog_fills(
     publisher = kct.publisher
     first = worker(topic, name, max_wait)
     publisher.publish(topic, balance_event("warm-up", 1, 1))
-    wait_until(lambda: sequences(kct, name, "warm-up") == [1], 60, "the worker to start")
+    eventually(lambda: sequences(kct, name, "warm-up") == [1], 60, "the worker to start", every=0.2)
     accounts = [f"acct-{n}" for n in range(ACCOUNTS)]
     missing = {a: balance_event(a, 2, 2) for a in accounts}
     published_at = time.monotonic()
     for account in accounts:
         publisher.publish_all(topic, [balance_event(account, 1, 1), balance_event(account, 3, 3)])
-    wait_until(
-        lambda: all(sequences(kct, name, a) == [1] for a in accounts), 20, "sequence 1 applied"
+    eventually(
+        lambda: all(sequences(kct, name, a) == [1] for a in accounts),
+        20,
+        "sequence 1 applied",
+        every=0.2,
     )
     os.kill(first.pid, stop_signal)
     first.wait(timeout=30)
@@ -109,13 +104,14 @@ def test_a_restart_behind_a_backlog_does_not_expire_the_gap_the_backlog_fills(
     # Restart once the wait is over by the wall clock (the old timer expired it here).
     time.sleep(max(0.0, published_at + max_wait + 1 - time.monotonic()))
     worker(topic, name, max_wait)
-    wait_until(
+    eventually(
         lambda: (
             all(len(sequences(kct, name, a)) >= 3 for a in accounts)
             and sequences(kct, name, "other-49") == list(range(1, len(backlog) // 50 + 1))
         ),
         60,
         "the backlog applied",
+        every=0.2,
     )
     assert {a: sequences(kct, name, a) for a in accounts} == {a: [1, 2, 3] for a in accounts}
     assert peek(endpoints.kafka_bootstrap, f"{topic}.dlq", partitions=1, seconds=1) == []

@@ -15,7 +15,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,6 +24,7 @@ from confluent_kafka import Producer
 
 from tests.integration.conftest import Endpoints
 from tests.order_stats import placed_event
+from tests.waiting import eventually
 from toolkit.runtime.app import Kct
 from toolkit.runtime.stack.provision import CHROMEDRIVER, CHROMIUM
 
@@ -66,13 +66,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.2)
 
 
 @pytest.fixture
@@ -139,7 +132,7 @@ monitor:
         *("--listen", f"127.0.0.1:{port}", "--interval", "0.5"),
     )
     try:
-        _until(lambda: _answers(url))
+        eventually(lambda: _answers(url), 30.0, every=0.2)
         browser.get(url)
         wait = WebDriverWait(browser, 30, poll_frequency=0.2)
 

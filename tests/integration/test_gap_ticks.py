@@ -18,6 +18,7 @@ import pytest
 from connectors.kafka import KafkaRecordConsumer
 from tests.balances import BALANCE_SET, balance_event
 from tests.integration.helpers import end_token, running
+from tests.waiting import eventually
 from toolkit.conflicts import ConflictResolver, ResolverPolicy
 from toolkit.envelope import Envelope, decode_record
 from toolkit.projection import GAP_TICK, Projection
@@ -39,13 +40,6 @@ def sequences(name: str, topic: str) -> Projection:
     return projection
 
 
-def _until(condition: Callable[[], bool], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.05)
-
-
 def test_an_idle_gap_closes_through_a_tick_and_a_rebuild_decides_alike(
     kct: Kct, create_topic: Callable[..., str]
 ) -> None:
@@ -56,7 +50,9 @@ def test_an_idle_gap_closes_through_a_tick_and_a_rebuild_decides_alike(
     kct.publisher.publish_all(topic, [balance_event("acct", 1, 1), balance_event("acct", 3, 3)])
     runner = kct.runner(sequences(live, topic), resolver=resolver, idle_expiry=0.5)
     with running(runner):
-        _until(lambda: (kct.store.get(live, "applied:acct") or {}).get("sequences") == [1, 3], 30)
+        eventually(
+            lambda: (kct.store.get(live, "applied:acct") or {}).get("sequences") == [1, 3], 30
+        )
         assert runner.stats.gap_ticks == 1
         kct.publisher.publish(topic, balance_event("acct", 2, 2))  # too late
         kct.consistency.wait_for_consistency(end_token(kct, topic), [live], 30)

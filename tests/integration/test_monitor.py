@@ -28,6 +28,7 @@ from tests.balances import BALANCE_SET, balance_event
 from tests.integration.conftest import Endpoints
 from tests.integration.helpers import running
 from tests.order_stats import placed_event
+from tests.waiting import eventually
 from toolkit.config import parse_config
 from toolkit.conflicts import ConflictResolver, ResolverPolicy
 from toolkit.envelope import Envelope
@@ -159,13 +160,6 @@ def _worker(endpoints: Endpoints, topic: str, group: str) -> subprocess.Popen[by
     )  # fmt: skip
 
 
-def _until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.2)
-
-
 def test_stall_with_a_frozen_runner_never_stop_while_idle_and_caught_up(
     endpoints: Endpoints,
     create_topic: Callable[..., str],
@@ -179,7 +173,7 @@ def test_stall_with_a_frozen_runner_never_stop_while_idle_and_caught_up(
     monitor = make_monitor([MonitorTarget(group_id, (topic,))], window=4)
     worker = _worker(endpoints, topic, group_id)
     try:
-        _until(lambda: monitor.check().projection(group_id).lag_events == 0)
+        eventually(lambda: monitor.check().projection(group_id).lag_events == 0, 30.0, every=0.2)
         idle = checks(monitor, 6)  # idle and caught up for more than a full window
         assert idle.projection(group_id).status is Status.OK
         part = idle.projection(group_id).partitions[0]
@@ -192,7 +186,7 @@ def test_stall_with_a_frozen_runner_never_stop_while_idle_and_caught_up(
         assert stalled.projection(group_id).status is Status.STALL, stalled.projection(group_id)
         assert stalled.health is Health.FAILING
         worker.send_signal(signal.SIGCONT)
-        _until(lambda: monitor.check().projection(group_id).lag_events == 0)
+        eventually(lambda: monitor.check().projection(group_id).lag_events == 0, 30.0, every=0.2)
         assert monitor.check().projection(group_id).status is Status.OK
     finally:
         worker.send_signal(signal.SIGCONT)
@@ -229,7 +223,7 @@ def test_order_violations_and_verify_of_a_hand_edited_key(
     resolver = ConflictResolver({"account": ResolverPolicy(("deduplicate", "reorder"))})
     monitor = make_monitor([MonitorTarget(name, (topic,))])
     with running(kct.runner(balances(name, [topic]), resolver=resolver)):
-        _until(lambda: monitor.check().projection(name).lag_events == 0)
+        eventually(lambda: monitor.check().projection(name).lag_events == 0, 30.0, every=0.2)
     order = monitor.check().projection(name).order
     assert order is not None
     assert (order.counts["out_of_order"], order.counts["duplicate"]) == (1, 1)

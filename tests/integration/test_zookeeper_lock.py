@@ -18,6 +18,7 @@ from pydantic import SecretStr, ValidationError
 
 from connectors.zookeeper import ZooKeeperLease, ZooKeeperLockService, ZooKeeperSettings
 from tests.integration.conftest import Endpoints
+from tests.waiting import eventually
 from toolkit.errors import CoordinationError, LockTimeout
 
 USER = "kct-lock-test"
@@ -67,14 +68,6 @@ def make_service(
         service.close()
 
 
-def _wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 class _States:
     """Records a kazoo client's connection state changes."""
 
@@ -83,7 +76,7 @@ class _States:
         client.add_listener(self.seen.append)
 
     def wait_for(self, state: str, timeout: float) -> None:
-        _wait_until(lambda: state in self.seen, timeout, f"state {state}")
+        eventually(lambda: state in self.seen, timeout, f"state {state}")
 
 
 def test_fences_grow_across_holders_and_aggregates_do_not_block(
@@ -201,7 +194,7 @@ def test_session_expiry_voids_leases_and_service_recovers(
 
     _expire_session(endpoints.zookeeper_hosts, a.client, states)
 
-    _wait_until(lambda: admin.exists(lease.node_path) is None, 5, "ephemeral node removal")
+    eventually(lambda: admin.exists(lease.node_path) is None, 5, "ephemeral node removal")
     assert not lease.is_held(timeout=1.0)
     taken = b.acquire("order-7", timeout=5)
     assert taken.fence > lease.fence
@@ -324,7 +317,7 @@ def test_acquire_stays_bounded_when_the_connection_drops(
         assert len(admin.get_children(path)) == 2  # the waiter's session still queues
 
         proxy.resume()  # kazoo gets through: the abandoned attempt withdraws
-        _wait_until(lambda: len(admin.get_children(path)) == 1, 10, "contender removal")
+        eventually(lambda: len(admin.get_children(path)) == 1, 10, "contender removal")
         held.release()
         lease = waiter.acquire("order-3", timeout=5)
         assert lease.is_held() and lease.fence > held.fence

@@ -11,12 +11,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import threading
-import time
-from collections.abc import Callable
 
 from connectors.avro import AvroCodec, AvroSchemaRegistry, bundled_schema_dir
 from tests.fakes import FlakyReadModelStore, InMemoryLog, InMemoryPositions
 from tests.order_stats import order_stats, placed_event
+from tests.waiting import eventually
 from toolkit.dead_letter import DeadLetterQueue
 from toolkit.errors import StoreError
 from toolkit.hlc import HybridLogicalClock
@@ -55,13 +54,6 @@ class World:
         return self.store.counters("stats", "totals").get("events", 0)
 
 
-def _until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.01)
-
-
 def test_a_store_outage_of_any_length_is_waited_out_and_nothing_is_lost_or_doubled() -> None:
     world = World()
     runner = world.runner()
@@ -70,18 +62,20 @@ def test_a_store_outage_of_any_length_is_waited_out_and_nothing_is_lost_or_doubl
     thread = threading.Thread(target=runner.run, args=(stop,))
     thread.start()
     try:
-        _until(lambda: world.events_counted() == 5)
+        eventually(lambda: world.events_counted() == 5, 5.0, every=0.01)
         assert runner.health.healthy
         world.store.down.set()
         world.publish(7, start=5)
-        _until(lambda: world.store.failures > 20)  # many cycles failed, the loop lives
+        eventually(
+            lambda: world.store.failures > 20, 5.0, every=0.01
+        )  # many cycles failed, the loop lives
         health = runner.health
         assert not health.healthy and health.reason is not None
         assert "StoreError" in health.reason and health.failures > 1
         assert thread.is_alive()
         world.store.down.clear()
-        _until(lambda: world.events_counted() == 12)
-        _until(lambda: runner.health.healthy)
+        eventually(lambda: world.events_counted() == 12, 5.0, every=0.01)
+        eventually(lambda: runner.health.healthy, 5.0, every=0.01)
     finally:
         stop.set()
         thread.join(5)
@@ -99,10 +93,10 @@ def test_a_store_down_at_assignment_applies_nothing_until_it_can_tell_where_to_s
     thread = threading.Thread(target=runner.run, args=(stop,))
     thread.start()
     try:
-        _until(lambda: world.store.failures > 5)
+        eventually(lambda: world.store.failures > 5, 5.0, every=0.01)
         assert world.events_counted() == 0
         world.store.down.clear()
-        _until(lambda: world.events_counted() == 3)
+        eventually(lambda: world.events_counted() == 3, 5.0, every=0.01)
     finally:
         stop.set()
         thread.join(5)
@@ -140,9 +134,9 @@ def test_stored_offsets_moving_back_rewind_kafka_and_waiters_before_the_replay()
     thread = threading.Thread(target=runner.run, args=(runner_thread_stop,))
     thread.start()
     try:
-        _until(lambda: world.store.failures > 2)
+        eventually(lambda: world.store.failures > 2, 5.0, every=0.01)
         world.store.down.clear()
-        _until(lambda: world.events_counted() == 6)
+        eventually(lambda: world.events_counted() == 6, 5.0, every=0.01)
     finally:
         runner_thread_stop.set()
         thread.join(5)

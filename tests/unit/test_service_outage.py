@@ -10,12 +10,11 @@ service answers again. An ordinary exception still dead-letters its event.
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable
 
 from connectors.avro import AvroCodec, AvroSchemaRegistry, bundled_schema_dir
 from tests.fakes import InMemoryLog, InMemoryPositions, InMemoryReadModelStore
 from tests.order_stats import PLACED, placed_event
+from tests.waiting import eventually
 from toolkit.dead_letter import DeadLetterQueue, dead_letter_topic
 from toolkit.envelope import Envelope
 from toolkit.errors import ServiceUnavailable
@@ -43,13 +42,6 @@ class Service:
         view.increment("totals", "events")
 
 
-def _until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.01)
-
-
 def test_a_service_outage_pauses_the_runner_and_skips_nothing() -> None:
     log, store, service = InMemoryLog(), InMemoryReadModelStore(), Service()
     projection = Projection("svc", ["orders"])
@@ -72,15 +64,15 @@ def test_a_service_outage_pauses_the_runner_and_skips_nothing() -> None:
     thread = threading.Thread(target=runner.run, args=(stop,))
     thread.start()
     try:
-        _until(lambda: service.refused >= 3)
+        eventually(lambda: service.refused >= 3, 5.0, every=0.01)
         health = runner.health
         assert not health.healthy and "ServiceUnavailable" in (health.reason or "")
         assert store.counters("svc", "totals") == {}
         assert log.topics.get(dead_letter_topic("orders"), []) == []
         assert runner.stats.assignments >= 1
         service.down.clear()
-        _until(lambda: store.counters("svc", "totals").get("events") == 5)
-        _until(lambda: runner.health.healthy)
+        eventually(lambda: store.counters("svc", "totals").get("events") == 5, 5.0, every=0.01)
+        eventually(lambda: runner.health.healthy, 5.0, every=0.01)
     finally:
         stop.set()
         thread.join(5)

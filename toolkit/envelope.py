@@ -196,10 +196,10 @@ def decode_record(record: ConsumedRecord, codec: EventCodec) -> ConsumedEvent:
     aggregate_id, schema_ref = text[_AGGREGATE_ID], text[_SCHEMA]
     # One chained comparison on the hot path; the slow path names the header.
     if not (
-        0 < len(event_type) <= 512
-        and 0 < len(aggregate_type) <= 256
+        0 < len(event_type) <= _MAX_EVENT_TYPE_CHARS
+        and 0 < len(aggregate_type) <= _MAX_AGGREGATE_TYPE_CHARS
         and 0 < len(aggregate_id) <= MAX_ID_CHARS
-        and 0 < len(schema_ref) <= 600
+        and 0 < len(schema_ref) <= _MAX_SCHEMA_CHARS
     ):
         _check_lengths(text, record)
     payload = codec.decode(record.value, schema_ref)
@@ -236,11 +236,14 @@ _HLC_FORM = re.compile(
 _NOT_AN_INT64 = "is not a non-negative decimal integer below 10**18"
 # Text headers and their length limits (characters); present ones must be non-empty.
 MAX_ID_CHARS = 1024
+_MAX_EVENT_TYPE_CHARS = 512
+_MAX_AGGREGATE_TYPE_CHARS = 256
+_MAX_SCHEMA_CHARS = 600
 _BOUNDED = (
-    (HeaderName.EVENT_TYPE, 512),
-    (HeaderName.AGGREGATE_TYPE, 256),
+    (HeaderName.EVENT_TYPE, _MAX_EVENT_TYPE_CHARS),
+    (HeaderName.AGGREGATE_TYPE, _MAX_AGGREGATE_TYPE_CHARS),
     (HeaderName.AGGREGATE_ID, MAX_ID_CHARS),
-    (HeaderName.SCHEMA, 600),
+    (HeaderName.SCHEMA, _MAX_SCHEMA_CHARS),
 )
 
 

@@ -437,15 +437,9 @@ class ProjectionRunner:
         self._stored.clear()
         self._reader.forget(list(self._reader.pending_offsets))
         self._next_store_check = 0.0
-        deadline = time.monotonic() + wait
-        while not self._stopping.is_set() and not (stop is not None and stop.is_set()):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            try:
-                self._reader.idle(min(left, 0.5))
-            except ConnectorError:
-                time.sleep(min(left, 0.5))
+        self._reader.wait_in_group(
+            wait, lambda: self._stopping.is_set() or (stop is not None and stop.is_set())
+        )
 
     def _watch_store(self) -> None:
         """Follow the store's offsets: resync what was unknown or moved under us."""

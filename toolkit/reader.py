@@ -19,12 +19,13 @@ consumer is rewound to the batch's first offsets, so the batch is read again
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from operator import attrgetter
 
 from toolkit.dead_letter import DeadLetterQueue
 from toolkit.envelope import ConsumedEvent, decode_record
-from toolkit.errors import SerializationError, UnknownSchema
+from toolkit.errors import ConnectorError, SerializationError, UnknownSchema
 from toolkit.hlc import HybridLogicalClock
 from toolkit.ports import AssignCallback, ConsumedRecord, EventCodec, RecordConsumer, RevokeCallback
 from toolkit.positions import TopicPartition
@@ -120,6 +121,25 @@ class EventReader:
     def idle(self, seconds: float) -> None:
         """Stay in the group without fetching (while an outage is waited out)."""
         self._consumer.idle(seconds)
+
+    def wait_in_group(
+        self,
+        seconds: float,
+        stopped: Callable[[], bool],
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        """Wait ``seconds`` in the group, fetching nothing, in slices of at most
+        0.5 s so that ``stopped()`` ends it early; if the consumer itself fails
+        (Kafka down too), the slice is slept instead."""
+        deadline = time.monotonic() + seconds
+        while not stopped():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            try:
+                self._consumer.idle(min(left, 0.5))
+            except ConnectorError:
+                sleep(min(left, 0.5))
 
     def rewind(self, offsets: Mapping[TopicPartition, int]) -> None:
         """Read these partitions again from these offsets; forget what was polled of them."""

@@ -256,10 +256,7 @@ class SagaParticipant:
         self._health.failed(f"{type(exc).__name__}: {exc}")
         wait = self._outage_backoff.next()
         log.warning("%s: poll not committed, reading it again in %.2fs: %s", self.name, wait, exc)
-        try:
-            self._reader.idle(wait)
-        except ConnectorError:
-            self._sleep(wait)
+        self._reader.wait_in_group(wait, self._stopping.is_set, self._sleep)
 
     def _offsets(self) -> dict[TopicPartition, int]:
         """Offsets to commit: past what this poll read, and past transaction markers."""

@@ -43,6 +43,7 @@ from benchmarks.common import (
 )
 from toolkit.errors import ConsistencyTimeout
 from toolkit.runtime.app import Kct
+from toolkit.runtime.gc_tuning import tune_gc
 
 FIRST_TIMEOUT = 60.0  # the first write of a variant also waits for its consumer to join
 TIMEOUT = 10.0
@@ -250,6 +251,7 @@ def run_latency(
         for i in range(warmup + writes):
             measuring = i >= warmup
             if i == warmup:
+                tune_gc()  # this process's heap frozen: no full-collection pause in a round
                 progress(f"  warm-up done ({warmup} rounds), measuring {writes} rounds")
             elif measuring and (i - warmup) % max(1, writes // 4) == 0:
                 progress(f"  round {i - warmup}/{writes}")

@@ -32,6 +32,7 @@ from benchmarks.report import Section
 from toolkit.envelope import Envelope
 from toolkit.projection import Projection
 from toolkit.read_model import ReadModelBatch
+from toolkit.runtime.gc_tuning import tune_gc
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -164,6 +165,8 @@ def run_sidecar_bench(
                 )
             }
             for n in range(writes + 20):
+                if n == 20:
+                    tune_gc()  # as the sidecar does: no full-collection pause in a round
                 event = placed_event(f"o-{n}", n)
                 t0 = time.perf_counter()
                 kct.publisher.publish(topic, event)

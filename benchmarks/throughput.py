@@ -81,7 +81,7 @@ class ThroughputResult:
 
 # Modes that store a read model and commit: their committed offsets are checked
 # after each run and their read model is reset.
-STORING = ("runner", "runner_x2", "hand_alo", "hand_eo")
+STORING = ("runner", "runner_x2", "hand_alo", "hand_eo", "hand_alo_gc")
 
 
 def _median(runs: list[Run]) -> Run:
@@ -230,7 +230,7 @@ def run_throughput(
                     measure(mode, batch, rep)
         best = max(batches, key=lambda b: _median(samples[("runner", b)]).rate)
         for rep in range(reps):
-            for mode in ("raw_avro", "reader", "runner_x2"):
+            for mode in ("raw_avro", "reader", "hand_alo_gc", "runner_x2"):
                 measure(mode, best, rep)
     finally:
         delete_topics(kct, topic)

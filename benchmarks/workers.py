@@ -27,9 +27,13 @@ from tests.order_stats import order_stats
 from toolkit.dead_letter import DeadLetterQueue
 from toolkit.projection import ProjectionRunner
 from toolkit.reader import EventReader
+from toolkit.runtime.gc_tuning import tune_gc
 
 # Floor consumers use the settings KafkaRecordConsumer uses (connectors/kafka/consumer.py).
 FLOOR_POLL_TIMEOUT = 0.1
+# Modes whose process runs with kct's GC tuning, as `kct sidecar` runs its loops
+# (toolkit/runtime/gc_tuning.py); ``hand_alo_gc`` shows what it gives the baseline.
+GC_TUNED = frozenset({"runner", "hand_alo_gc"})
 
 
 def raw_consumer_config(bootstrap: str, group: str) -> dict[str, Any]:
@@ -78,6 +82,7 @@ def projection_runner(
     kct = make_kct(bootstrap, redis_url, "runner")
     projection = balances(name, topic) if read_model == "balances" else order_stats(name, [topic])
     runner = kct.runner(projection, max_batch=max_batch)
+    tune_gc()
 
     def body() -> dict[str, Any]:
         runner.run(stop)  # type: ignore[arg-type]  # duck-typed: only is_set() is used
@@ -135,7 +140,8 @@ def throughput(
 
     Modes: ``runner`` (kct ProjectionRunner: decode, apply, store, commit,
     announce), ``hand_alo``/``hand_eo`` (the hand-written at-least-once and
-    effectively-once projections of ``benchmarks/handwritten.py``), ``raw``
+    effectively-once projections of ``benchmarks/handwritten.py``;
+    ``hand_alo_gc`` the first with kct's GC tuning), ``raw``
     (confluent-kafka consume, no decode), ``raw_avro``
     (raw consume + kct's Avro codec on each value), ``reader`` (kct's
     EventReader: consume + envelope and Avro decode, nothing applied).
@@ -214,11 +220,14 @@ def throughput(
     bodies: dict[str, Callable[[], dict[str, Any]]] = {
         "runner": run_runner,
         "hand_alo": lambda: run_hand(effectively_once=False),
+        "hand_alo_gc": lambda: run_hand(effectively_once=False),
         "hand_eo": lambda: run_hand(effectively_once=True),
         "raw": lambda: run_raw(decode=False),
         "raw_avro": lambda: run_raw(decode=True),
         "reader": run_reader,
     }
+    if mode in GC_TUNED:
+        tune_gc()
     started = time.perf_counter()
     result = _profiled(profile, bodies[mode])
     result["seconds"] = result.pop("done") - started
@@ -269,6 +278,7 @@ def throughput_member(
                 finished.value = 1
                 completed_here = True
 
+    tune_gc()
     ready.wait(timeout=120)
     started = time.monotonic()
     runner = ProjectionRunner(

@@ -32,6 +32,7 @@ import uvicorn
 from toolkit.config import KctConfig, SidecarConfig, load_config
 from toolkit.errors import ConfigurationError
 from toolkit.runtime.app import Kct, KctSettings
+from toolkit.runtime.gc_tuning import tune_gc
 from toolkit.runtime.sidecar.api import SidecarApi
 from toolkit.runtime.sidecar.host import SidecarHost
 from toolkit.runtime.sidecar.monitoring import SidecarMonitoring
@@ -110,7 +111,9 @@ class Sidecar:
         self.address = self.socket.getsockname()[:2]
 
     def run(self) -> int:
-        self.host.build().start()
+        self.host.build()
+        tune_gc()  # start-up state built: keep the collector off it (see gc_tuning)
+        self.host.start()
         self.monitoring.start(self.kct, self.host.loops)
         if self.settings.aggregates or self.host.definitions:
             _ = self.kct.transactions  # init_transactions now, not in a lease's first append

@@ -43,6 +43,7 @@ from tests.order_stats import order_stats
 from toolkit.envelope import ConsumedEvent
 from toolkit.positions import Position
 from toolkit.runtime.app import Kct, KctSettings
+from toolkit.runtime.gc_tuning import tune_gc
 
 MODES: tuple[tuple[str, float | None], ...] = (("off", None), ("100%", 1.0), ("1%", 0.01))
 THROUGHPUT_LOSS_GOAL = 0.05  # at 1 %: at most 5 % fewer events/s than off
@@ -92,6 +93,7 @@ def latency_runner(
     """A ProjectionRunner traced like its mode, until ``stop`` (spawned process)."""
     kct = traced_kct(bootstrap, redis_url, f"raw-runner-{name[-6:]}", ratio, otlp)
     runner = kct.runner(order_stats(name, [topic]))
+    tune_gc()
     runner.run(stop)
     runner.close()
     kct.close()
@@ -112,11 +114,19 @@ class TracingResult:
     def rate(self, mode: str) -> float:
         return statistics.median(self.rates[mode])
 
+    def _pairs(self, mode: str) -> list[tuple[float, float]]:
+        """(mode, off) rates of each repetition: the two ran next to each other."""
+        return [(m, o) for m, o in zip(self.rates[mode], self.rates["off"], strict=True) if m and o]
+
     def loss(self, mode: str) -> float:
-        return 1 - self.rate(mode) / self.rate("off")
+        """The median over repetitions of each pair's loss: on a shared machine the
+        drift between repetitions is larger than the difference within a pair."""
+        pairs = self._pairs(mode)
+        return 1 - statistics.median(m / o for m, o in pairs) if pairs else 1.0
 
     def added_us(self, mode: str) -> float:
-        return (1 / self.rate(mode) - 1 / self.rate("off")) * 1e6
+        pairs = self._pairs(mode)
+        return statistics.median((1 / m - 1 / o) * 1e6 for m, o in pairs) if pairs else 0.0
 
     def p99_gap(self, mode: str) -> float:
         return self.latency[mode].p99 - self.latency["off"].p99
@@ -146,9 +156,15 @@ def _throughput(
             writer.publisher.publish_all(topic, batch)
     rates: dict[str, list[float]] = {mode: [] for mode, _ in MODES}
     walls: dict[str, list[float]] = {mode: [] for mode, _ in MODES}
+    ratios = dict(MODES)
     for rep in range(reps):
-        for mode, ratio in MODES:
+        # off and 1 % alternate which goes first; 100 % runs last, then Jaeger
+        # gets a moment to ingest its spans before the next repetition.
+        order = ("off", "1%", "100%") if rep % 2 == 0 else ("1%", "off", "100%")
+        for mode in order:
+            ratio = ratios[mode]
             app = traced_kct(ep.kafka_bootstrap, ep.redis_url, "tp-runner", ratio, otlp)
+            tune_gc()  # every run starts from the same collector state (as a sidecar's)
             started, cpu = time.perf_counter(), time.process_time()
             runner = app.runner(order_stats(unique("trace-tp-group"), [topics[mode]]))
             deadline = started + 300
@@ -166,6 +182,7 @@ def _throughput(
                 f"  rep {rep + 1} tracing {mode}: {applied / cpu_seconds:,.0f} events per "
                 f"CPU second, {applied / seconds:,.0f} events/s"
             )
+        time.sleep(1.0)
     delete_topics(writers[0], *topics.values())
     for writer in writers:
         writer.close()
@@ -207,6 +224,8 @@ def _latency(
     try:
         warmup = 30
         for n in range(warmup + writes):
+            if n == warmup:
+                tune_gc()  # this process's heap frozen: no full-collection pause in a round
             for mode, _ in MODES:
                 app = writers[mode]
                 raw = app.read_after_write([names[mode]], timeout=60 if n == 0 else 10)
@@ -283,7 +302,7 @@ def _per_span(otlp: str, calls: int = 20_000) -> dict[str, float]:
 
 
 def run_tracing(
-    ep: Endpoints, events: int, writes: int, progress: Callable[[str], None], reps: int = 3
+    ep: Endpoints, events: int, writes: int, progress: Callable[[str], None], reps: int = 5
 ) -> TracingResult:
     otlp = otlp_endpoint(ep)
     result = TracingResult(events=events, writes=writes, reps=reps)
@@ -329,12 +348,14 @@ def tracing_section(result: TracingResult) -> Section:
         rows=rows,
         notes=(
             f"Projection throughput: {result.events:,} `OrderPlaced` events per mode on its own "
-            f"3-partition topic, one fresh consumer group per run, {result.reps} interleaved runs "
-            "(median, range); events published traced like the mode, runner traced like the "
-            "mode, spans exported over OTLP/HTTP to the stack's Jaeger. Rates are per CPU second "
-            "of the runner's process (every thread, the exporter's included): the wall-clock "
-            "rate on a shared 2-core machine swings by 2x between runs; `µs/event` is the added "
-            "CPU time. Read-after-write: "
+            f"3-partition topic, one fresh consumer group per run, {result.reps} repetitions "
+            "(median, range), off and 1 % taking turns to go first, 100 % last; events published "
+            "traced like the mode, runner traced like the mode (with kct's GC tuning, as a "
+            "sidecar runs it), spans exported over OTLP/HTTP to the stack's Jaeger. Rates are per "
+            "CPU second of the runner's process (every thread, the exporter's included): the "
+            "wall-clock rate on a shared 2-core machine swings by 2x between runs. `vs off` and "
+            "`µs/event` (added CPU time) are the medians of each repetition's pair (mode and off "
+            "run next to each other). Read-after-write: "
             f"{result.writes} interleaved `read_after_write` rounds per mode (publish, wait for a "
             "runner process traced like the mode). On the caller's thread, one sampled "
             f"`process` span costs {spans.get('sampled', 0):.1f} µs, a `send` span with its "

@@ -16,7 +16,9 @@ hook                        wraps
                                     e.g. to add ``traceparent``); plain and in a
                                     transaction
 :meth:`~Interceptor.process`        one consumed event's handler (a projection's
-                                    handler, a saga participant's command)
+                                    handler, a saga participant's command);
+                                    :meth:`~Interceptor.observes` lets a
+                                    projection runner skip it per event
 :meth:`~Interceptor.apply_batch`    a projection runner's cycle over a non-empty
                                     poll: apply, store, commit, announce
 :meth:`~Interceptor.dead_letter`    copying a record to its dead-letter topic
@@ -145,6 +147,17 @@ class Interceptor:
         """Around one consumed event's handler, in consumer group ``consumer``."""
         return proceed()
 
+    def observes(self, event: ConsumedEvent) -> bool:
+        """Whether a projection runner must call :meth:`process` for ``event``.
+
+        A projection handler only changes its read model, so an interceptor
+        with nothing to do for an event (tracing: a context that is not
+        sampled) returns False and the runner calls the handler directly:
+        no per-event cost for what is not observed. Saga participants, whose
+        handlers publish, always call :meth:`process`.
+        """
+        return True
+
     def apply_batch(
         self, projection: str, events: Sequence[ConsumedEvent], proceed: Callable[[], T]
     ) -> T:
@@ -238,6 +251,9 @@ class _Chain(Interceptor):
         inner = self._inner
         assert inner is not None
         return self._outer.process(event, consumer, lambda: inner.process(event, consumer, proceed))
+
+    def observes(self, event: ConsumedEvent) -> bool:
+        return any(interceptor.observes(event) for interceptor in self._all)
 
     def apply_batch(
         self, projection: str, events: Sequence[ConsumedEvent], proceed: Callable[[], T]

@@ -35,8 +35,10 @@ rewind to waiters and replay. Stored offsets that moved ahead (another member
 wrote them) are adopted the same way. A conditional store step that finds
 the offsets changed does the same instead of giving the partition up.
 
-With an :class:`~toolkit.interceptors.Interceptor`, each handler call runs
-inside its ``process`` hook and each cycle over a non-empty poll (apply,
+With an :class:`~toolkit.interceptors.Interceptor`, each handler call of an
+event the interceptor ``observes`` runs inside its ``process`` hook (the
+others run directly: a tracing interceptor observes sampled flows only) and
+each cycle over a non-empty poll (apply,
 store, commit, announce) inside ``apply_batch``; without one the loop does
 not touch the seam.
 
@@ -536,6 +538,7 @@ class ProjectionRunner:
         states: dict[TopicPartition, PartitionState] = {}
         handler_for = self.projection.handler_for
         hooks = self._hooks
+        observes = None if hooks is None else hooks.observes
         name = self.projection.name
         for event in events:
             position = event.position
@@ -561,9 +564,10 @@ class ProjectionRunner:
                 continue
             mark = batch.savepoint()
             try:
-                if hooks is None:
+                if observes is None or not observes(event):
                     handler(envelope, batch)
                 else:
+                    assert hooks is not None
                     hooks.process(event, name, partial(handler, envelope, batch))
             except ConnectorError:  # a backend (or the service) is down: retry the cycle
                 raise
@@ -625,7 +629,7 @@ class ProjectionRunner:
         mark = batch.savepoint()
         hooks = self._hooks
         try:
-            if hooks is None or event is None:
+            if hooks is None or event is None or not hooks.observes(event):
                 handler(envelope, batch)
             else:
                 # The accepted envelope (it may be a buffered one, released now).

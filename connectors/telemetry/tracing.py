@@ -149,6 +149,15 @@ def _unsampled(traceparent: str | None) -> bool:
     )
 
 
+def _one_trace(events: Sequence[ConsumedEvent], trace_id: str) -> bool:
+    """Every event carries a context of trace ``trace_id`` (stops at the first other)."""
+    for event in events:
+        traceparent = event.envelope.traceparent
+        if traceparent is None or traceparent[3:35] != trace_id:
+            return False
+    return True
+
+
 def _header(record: ConsumedRecord, name: str) -> str | None:
     try:
         for key, value in record.headers:
@@ -274,11 +283,17 @@ class OpenTelemetryTracingInterceptor(Interceptor):
     def process(self, event: ConsumedEvent, consumer: str, proceed: Callable[[], T]) -> T:
         envelope = event.envelope
         traceparent = envelope.traceparent
-        if _unsampled(traceparent):
+        # _unsampled, inlined: this runs once per consumed event.
+        if (
+            traceparent is not None
+            and traceparent[-1] in _EVEN_HEX
+            and len(traceparent) == 55
+            and traceparent[:3] == "00-"
+        ):
             # Not recorded; what the handler starts or publishes becomes its
             # (unsampled) child, so a trace is whole or absent (see _current).
             local = self._unsampled
-            previous = getattr(local, "message", None)
+            previous = local.__dict__.get("message")
             local.message = (traceparent, envelope.tracestate)
             try:
                 return proceed()
@@ -309,17 +324,24 @@ class OpenTelemetryTracingInterceptor(Interceptor):
             context=_extract(traceparent, envelope.tracestate),
         )
 
+    def observes(self, event: ConsumedEvent) -> bool:
+        """Not a message of an unsampled flow: a projection handler of one runs
+        without a hook (it starts nothing, so nothing needs its context)."""
+        traceparent = event.envelope.traceparent  # _unsampled, inlined: once per event
+        return (
+            traceparent is None
+            or traceparent[-1] not in _EVEN_HEX
+            or len(traceparent) != 55
+            or traceparent[:3] != "00-"
+        )
+
     def apply_batch(
         self, projection: str, events: Sequence[ConsumedEvent], proceed: Callable[[], T]
     ) -> T:
-        traced = [e.envelope for e in events if e.envelope.traceparent]
         parent: Context | None = None
-        if (
-            traced
-            and len(traced) == len(events)
-            and len({(e.traceparent or "")[3:35] for e in traced}) == 1
-        ):
-            parent = _extract(traced[0].traceparent, traced[0].tracestate)  # one flow
+        first = events[0].envelope
+        if first.traceparent and _one_trace(events, first.traceparent[3:35]):
+            parent = _extract(first.traceparent, first.tracestate)  # one flow
         attributes: dict[str, AttributeValue] = {
             Attr.SYSTEM: "kafka",
             Attr.OPERATION_TYPE: "process",
@@ -336,6 +358,7 @@ class OpenTelemetryTracingInterceptor(Interceptor):
         ) as span:
             if span.is_recording():
                 parent_span = None if parent is None else trace.get_current_span(parent)
+                traced = [e.envelope for e in events if e.envelope.traceparent]
                 for envelope in traced[:_MAX_LINKS]:
                     remote = _extract(envelope.traceparent, envelope.tracestate)
                     if remote is None:

@@ -7,7 +7,7 @@ from typing import TypeVar
 
 import pytest
 
-from toolkit.envelope import Envelope
+from toolkit.envelope import ConsumedEvent, Envelope
 from toolkit.interceptors import Interceptor, Outgoing, SagaInfo, chain, trace_id_of
 from toolkit.positions import Position
 
@@ -87,8 +87,22 @@ def test_chain_passes_rewritten_messages_inward_and_propagates_through_all() -> 
     assert combined.propagate(_event()).causation_id == "ab"
 
 
+class Declining(Interceptor):
+    def observes(self, event: ConsumedEvent) -> bool:
+        return False
+
+
+def test_a_chain_observes_an_event_when_any_of_its_interceptors_does() -> None:
+    event = ConsumedEvent(_event(), Position("orders", 0, 0))
+    declining = chain(Declining(), Declining())
+    assert declining is not None and not declining.observes(event)
+    mixed = chain(Declining(), Interceptor())
+    assert mixed is not None and mixed.observes(event)
+
+
 def test_base_interceptor_proceeds_unchanged() -> None:
     base = Interceptor()
+    assert base.observes(ConsumedEvent(_event(), Position("orders", 0, 0)))
     event = _event()
     assert base.propagate(event) is event
     assert base.saga_start(SagaInfo("s", "T", "A"), lambda: "done") == "done"

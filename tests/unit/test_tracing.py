@@ -213,6 +213,47 @@ def test_unsampled_flows_make_no_span_but_carry_their_context(tracing: Tracing) 
     assert tracing.spans == []
 
 
+def test_a_runner_skips_the_process_hook_for_unsampled_flows_only(tracing: Tracing) -> None:
+    """The runner asks ``observes`` per event: an unsampled message's handler runs
+    without the hook (nothing would be recorded), a sampled one inside it."""
+    log = InMemoryLog()
+    sampled_writer = EventPublisher(
+        log, CODEC, HybridLogicalClock("w"), interceptor=tracing.interceptor("a", 1.0)
+    )
+    unsampled_writer = EventPublisher(
+        log, CODEC, HybridLogicalClock("w"), interceptor=tracing.interceptor("b", 0.0)
+    )
+    hooks = tracing.interceptor("stats-svc", 0.0)
+    processed: list[str] = []
+    real_process = hooks.process
+
+    def counting(event: Any, consumer: str, proceed: Any) -> Any:
+        processed.append(event.envelope.aggregate_id)
+        return real_process(event, consumer, proceed)
+
+    hooks.process = counting  # type: ignore[method-assign]
+    store = InMemoryReadModelStore()
+    runner = ProjectionRunner(
+        order_stats("stats", ["orders"]),
+        log.consumer("stats"),
+        CODEC,
+        store,
+        DeadLetterQueue(log, "stats"),
+        notifier=InMemoryPositions(),
+        interceptor=hooks,
+    )
+    sampled_writer.publish("orders", placed_event("o1", "c1", 100))
+    unsampled_writer.publish("orders", placed_event("o2", "c1", 50))
+    first = log.topics["orders"][0]
+    no_context = tuple(h for h in first.headers if h[0] != "traceparent")
+    # The same event again without a context: a root, this service's sampler decides.
+    log.produce([OutgoingRecord("orders", first.key, first.value, no_context)])
+    assert runner.run_once() == 3
+    assert processed == ["o1", "o1"]  # the sampled one and the one without context
+    assert sorted(s.name for s in tracing.named("process")) == ["process orders"]
+    assert store.counters("stats", "customer:c1") == {"orders": 3, "cents": 250}  # all ran
+
+
 def test_read_after_write_wait_joins_the_commands_trace(tracing: Tracing) -> None:
     log, publisher, runner = _projection_world(tracing)
     hooks = tracing.made[0]

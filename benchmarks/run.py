@@ -1,8 +1,11 @@
-"""``python -m benchmarks.run [--quick] [--profile]``: run every benchmark, print, write RESULTS.md.
+"""``python -m benchmarks.run [--quick] [--profile] [--only NAME]``: run every benchmark,
+print, write RESULTS.md.
 
 Full sizes take a few minutes on a 2-core machine; ``--quick`` under one.
 ``--profile`` runs quick sizes with the projection runners under cProfile,
-prints where their time goes and leaves RESULTS.md alone.
+prints where their time goes and leaves RESULTS.md alone. ``--only NAME``
+runs one of the sections after the throughput table alone (e.g. ``sagas``),
+prints its table, notes and verdicts, and leaves RESULTS.md alone.
 """
 
 from __future__ import annotations
@@ -13,20 +16,21 @@ import os
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 from rich.console import Console
 
 from benchmarks.boundary import boundary_section, run_boundary
-from benchmarks.common import endpoints
+from benchmarks.common import Endpoints, endpoints
 from benchmarks.compare import write_json
 from benchmarks.conflicts import conflicts_section, run_conflicts
 from benchmarks.durability import durability_section, run_durability
 from benchmarks.latency import run_latency
 from benchmarks.machine import machine_facts
 from benchmarks.monitor import monitor_section, run_monitor
-from benchmarks.report import print_report, write_results
+from benchmarks.report import Section, _table, print_report, write_results
 from benchmarks.sagas import run_sagas, sagas_section
 from benchmarks.sidecar import run_sidecar_bench, sidecar_section
 from benchmarks.throughput import run_throughput
@@ -39,7 +43,8 @@ FULL = {
     "events": 50_000,
     "boundary_ops": 300,
     "decisions": 200_000,
-    "sagas": 1000,
+    "sagas": 5000,  # per phase: max throughput, then open loop at 500/s (10 s)
+    "saga_in_flight": 2000,
     "trace_events": 20_000,
     "trace_writes": 500,
     "sidecar_writes": 1000,
@@ -53,7 +58,8 @@ QUICK = {
     "events": 5_000,
     "boundary_ops": 40,
     "decisions": 20_000,
-    "sagas": 100,
+    "sagas": 600,
+    "saga_in_flight": 600,
     "trace_events": 3_000,
     "trace_writes": 60,
     "sidecar_writes": 150,
@@ -73,11 +79,43 @@ def _command(quick: bool) -> str:
     return shlex.join([shown, "-m", "benchmarks.run", *sys.argv[1:]])
 
 
+def _sections(
+    ep: Endpoints, sizes: dict[str, int], quick: bool, console: Console
+) -> dict[str, Callable[[], Section]]:
+    """The benchmarks that report one section each, by name (``--only``)."""
+    say = console.print
+    return {
+        "boundary": lambda: boundary_section(
+            run_boundary(ep, ops=sizes["boundary_ops"], progress=say)
+        ),
+        "conflicts": lambda: conflicts_section(run_conflicts(sizes["decisions"], say)),
+        "sagas": lambda: sagas_section(
+            run_sagas(ep, sizes["sagas"], say, in_flight=sizes["saga_in_flight"])
+        ),
+        "durability": lambda: durability_section(
+            run_durability(ep, sizes["durability_records"], say)
+        ),
+        "monitor": lambda: monitor_section(run_monitor(ep, 10 if quick else 30, say)),
+        "tracing": lambda: tracing_section(
+            run_tracing(ep, sizes["trace_events"], sizes["trace_writes"], say)
+        ),
+        "sidecar": lambda: sidecar_section(
+            run_sidecar_bench(ep, sizes["sidecar_writes"], sizes["sidecar_bulk"], say)
+        ),
+    }
+
+
+_ONLY = ("boundary", "conflicts", "sagas", "durability", "monitor", "tracing", "sidecar")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes (< 1 minute)")
     parser.add_argument(
         "--profile", action="store_true", help="cProfile the runners; RESULTS.md untouched"
+    )
+    parser.add_argument(
+        "--only", choices=_ONLY, help="run this benchmark alone; RESULTS.md untouched"
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -89,6 +127,12 @@ def main(argv: list[str] | None = None) -> int:
     date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
     ep = endpoints()
+    if args.only:
+        section = _sections(ep, sizes, quick, console)[args.only]()
+        console.print(_table(section.title, section.head, section.rows))
+        console.print(section.notes)
+        console.print(f"wall time: {time.perf_counter() - started:.0f} s")
+        return 0
     facts = machine_facts(ep)
     console.print(f"[bold]read-after-write latency[/] ({sizes['writes']} writes per variant)")
     lat = run_latency(
@@ -114,8 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     ]
     console.print(f"[bold]conflict resolver[/] ({sizes['decisions']:,} decisions per strategy)")
     sections.append(conflicts_section(run_conflicts(sizes["decisions"], console.print)))
-    console.print(f"[bold]sagas[/] ({sizes['sagas']:,} OrderFulfillment sagas)")
-    sections.append(sagas_section(run_sagas(ep, sizes["sagas"], console.print)))
+    console.print(f"[bold]sagas[/] ({sizes['sagas']:,} OrderFulfillment sagas per phase)")
+    sections.append(
+        sagas_section(
+            run_sagas(ep, sizes["sagas"], console.print, in_flight=sizes["saga_in_flight"])
+        )
+    )
     console.print(f"[bold]step records[/] ({sizes['durability_records']:,} per durability)")
     sections.append(
         durability_section(run_durability(ep, sizes["durability_records"], console.print))

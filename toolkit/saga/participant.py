@@ -339,8 +339,10 @@ class SagaParticipant:
         )
         if not recorded:  # decided meanwhile (a watchdog's timeout): keep that decision
             self.stats["decided_elsewhere"] += 1
+        # Recorded now: the record holds exactly ``outputs`` (envelope_json reads back
+        # exactly), so they are published as they are, not parsed back from the record.
+        decided = outputs if recorded else stored_outputs(stored)
         if hooks is not None:
-            decided = stored_outputs(stored)
             errors = [m.payload.get("error") for _, m in decided if m.event_type == REPLY]
             hooks.annotate(
                 {
@@ -350,8 +352,7 @@ class SagaParticipant:
                     **({"kct.saga.error": str(errors[0])} if errors and errors[0] else {}),
                 }
             )
-            return decided
-        return stored_outputs(stored)
+        return decided
 
     def _retry_allowed(self, command: SagaCommand, step: SagaStep, retry: int) -> bool:
         """An operator's retry of a compensation runs only after the attempt before

@@ -128,6 +128,35 @@ def test_publish_then_wait_is_200_and_the_read_returns_the_write(world: World) -
     assert read.json["document"]["status"] == "cancelled"
 
 
+def test_publish_with_wait_answers_once_the_projection_applied_it(world: World) -> None:
+    """``?wait=``: read-your-writes in one request; a timeout still says where it went."""
+    sc = world.sidecar
+    order = f"o-{uuid.uuid4().hex[:6]}"
+    answer = sc.call("POST", f"/v1/publish/{world.topic}?wait={world.stats}", placed(order))
+    assert answer.status == 200, answer.raw
+    # Applied before the answer: a read without any token already sees it.
+    read = sc.call("GET", f"/v1/read-models/{world.stats}/documents/order:{order}")
+    assert read.status == 200 and read.json["document"]["status"] == "placed"
+    nobody = f"nobody-{world.run}"
+    late = sc.call(
+        "POST",
+        f"/v1/publish/{world.topic}?wait={world.stats},{nobody}&timeout=0.5",
+        placed(f"{order}-2"),
+    )
+    assert late.status == 504, late.raw
+    assert late.json["error"] == "timeout" and late.json["token"]
+    where = late.json["position"]
+    assert where["topic"] == world.topic
+    assert [lag["projection"] for lag in late.json["lagging"]] == [nobody]
+    # It was published: the projection that runs applies it.
+    waited = sc.call(
+        "POST", "/v1/wait", {"token": late.json["token"], "projections": [world.stats]}
+    )
+    assert waited.status == 200, waited.raw
+    bad = sc.call("POST", f"/v1/publish/{world.topic}?wait={world.stats}&timeout=0", placed("x"))
+    assert bad.status == 400 and "timeout" in bad.json["reasons"][0]
+
+
 def test_bulk_publish_has_a_result_per_entry(world: World) -> None:
     good = [placed(f"b-{uuid.uuid4().hex[:6]}") for _ in range(3)]
     bad = {**placed("b-bad"), "payload": {"order_id": 7}}

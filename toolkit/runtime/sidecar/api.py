@@ -83,6 +83,7 @@ from toolkit.saga.state import saga_key
 
 __all__ = ["HttpProblem", "SidecarApi"]
 
+_MAX_WAIT_PROJECTIONS = 100  # as WaitIn.projections
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
@@ -327,10 +328,47 @@ class SidecarApi:
 
     async def publish(self, request: Request) -> Response:
         topic = self._topic(request)
+        projections = self._wait_for(request)
+        timeout = self._timeout(request.query_params.get("timeout")) if projections else 0.0
         event = envelope_of(self._model(EventIn, await self._body(request)))
-        published = await self._blocking(self.kct.publisher.publish, topic, event)
-        token = EventPublisher.token_of([published]).to_string()
-        return JSONResponse({**_position(published), "token": token})
+        # Publish and wait in one worker-thread hop: one request, one hand-over.
+        published, late = await self._blocking(
+            self._publish_and_wait, topic, event, projections, timeout
+        )
+        answer = {**_position(published), "token": EventPublisher.token_of([published]).to_string()}
+        if late is not None:  # published, not applied in time: say where it is anyway
+            problem = problem_of(late)
+            problem.extra.update(answer)
+            return problem.response()
+        return JSONResponse(answer)
+
+    def _wait_for(self, request: Request) -> list[str]:
+        """The ``wait`` query parameter: projection names (comma-separated or repeated)."""
+        names = [
+            name.strip()
+            for given in request.query_params.getlist("wait")
+            for name in given.split(",")
+            if name.strip()
+        ]
+        if len(names) > _MAX_WAIT_PROJECTIONS or any(len(n) > 255 for n in names):
+            raise HttpProblem(
+                400,
+                "invalid_request",
+                f"wait: expected at most {_MAX_WAIT_PROJECTIONS} projection names "
+                "of at most 255 characters",
+            )
+        return names
+
+    def _publish_and_wait(
+        self, topic: str, event: Envelope, projections: list[str], timeout: float
+    ) -> tuple[PublishedEvent, ConsistencyTimeout | None]:
+        published = self.kct.publisher.publish(topic, event)
+        if projections:
+            try:
+                self.kct.consistency.wait_for_consistency(published.position, projections, timeout)
+            except ConsistencyTimeout as exc:
+                return published, exc
+        return published, None
 
     async def publish_bulk(self, request: Request) -> Response:
         topic = self._topic(request)

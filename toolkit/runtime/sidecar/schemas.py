@@ -207,7 +207,15 @@ def openapi_document(version: str) -> dict[str, Any]:
                     ),
                     "Event",
                 ),
-                "parameters": [_param("topic")],
+                "description": "With `wait` (projection names, comma-separated or repeated), "
+                "the answer comes once those projections applied the event (read-your-writes "
+                "in one request), at most `timeout` seconds; a 504 then still carries the "
+                "event's position and token (it was published).",
+                "parameters": [
+                    _param("topic"),
+                    _param("wait", "query", required=False),
+                    _param("timeout", "query", required=False),
+                ],
             }
         },
         "/v1/publish/{topic}/bulk": {

@@ -17,14 +17,16 @@ import asyncio
 import logging
 import signal
 import socket
+import sys
 import threading
 import time
-from collections.abc import Generator
+from collections.abc import Coroutine, Generator
 from contextlib import contextmanager
 from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import click
 import uvicorn
@@ -40,6 +42,9 @@ from toolkit.runtime.sidecar.monitoring import SidecarMonitoring
 __all__ = ["Sidecar", "run_sidecar"]
 
 log = logging.getLogger(__name__)
+
+
+SWITCH_INTERVAL = 0.0005  # seconds; CPython's default is 0.005
 
 
 def _version() -> str:
@@ -113,6 +118,10 @@ class Sidecar:
     def run(self) -> int:
         self.host.build()
         tune_gc()  # start-up state built: keep the collector off it (see gc_tuning)
+        # The loops' threads hold the GIL while they decode and apply; an API thread
+        # waiting for it would wait up to the switch interval (5 ms by default) per
+        # hand-over: a request's tail latency. 0.5 ms bounds that wait.
+        sys.setswitchinterval(SWITCH_INTERVAL)
         self.host.start()
         self.monitoring.start(self.kct, self.host.loops)
         if self.settings.aggregates or self.host.definitions:
@@ -123,6 +132,7 @@ class Sidecar:
             access_log=self.settings.access_log,
             lifespan="off",
             http="httptools",
+            proxy_headers=False,  # nothing reads client addresses: skip that middleware
             timeout_graceful_shutdown=max(1, int(self.settings.drain_timeout)),
         )
         server = _Server(config, self.host.stopping)
@@ -133,7 +143,7 @@ class Sidecar:
         )
         started = time.monotonic()
         try:
-            asyncio.run(server.serve(sockets=[self.socket]))
+            _run_loop(server.serve(sockets=[self.socket]))
         finally:
             since = server.signalled_at or time.monotonic()
             left = max(0.0, self.settings.drain_timeout - (time.monotonic() - since))
@@ -147,6 +157,17 @@ class Sidecar:
             return 1
         click.echo(f"kct sidecar: drained in {drained:.2f} s", err=True)
         return 0
+
+
+def _run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run the API's event loop: uvloop (libuv; about a third less time per request
+    than asyncio's loop here) where it is installed, asyncio's loop elsewhere."""
+    try:
+        import uvloop
+    except ImportError:  # e.g. Windows: uvloop is not built for it
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
 
 
 def run_sidecar(config_path: Path, listen: str | None = None) -> int:

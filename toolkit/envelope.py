@@ -29,9 +29,9 @@ topic instead of stopping.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields, replace
-from typing import Any, NoReturn, TypeVar
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, NoReturn
 
 from uuid6 import uuid7
 
@@ -39,6 +39,7 @@ from toolkit.errors import InvalidEvent, SerializationError
 from toolkit.hlc import HLCTimestamp
 from toolkit.ports import ConsumedRecord, EventCodec, Headers, OutgoingRecord
 from toolkit.positions import Position
+from toolkit.slotted import slot_setter
 
 __all__ = ["ConsumedEvent", "Envelope", "HeaderName", "decode_record", "encode_envelope"]
 
@@ -221,7 +222,8 @@ def decode_record(record: ConsumedRecord, codec: EventCodec) -> ConsumedEvent:
         text.get(_TRACEPARENT) or None,
         text.get(_TRACESTATE) or None,
     )
-    return _new_consumed(envelope, Position(record.topic, record.partition, record.offset), record)
+    position = _new_position(record.topic, record.partition, record.offset)
+    return _new_consumed(envelope, position, record)
 
 
 # Validation patterns (ASCII only: str.isdigit() also accepts "²" and "١٢").
@@ -305,24 +307,8 @@ def _invalid(record: ConsumedRecord, name: str, value: str, problem: str) -> NoR
     )
 
 
-_T = TypeVar("_T")
-
-
-def _fields_setter(cls: type[_T]) -> Callable[..., _T]:
-    """A positional constructor of the frozen, slotted dataclass ``cls`` that sets its
-    slots directly: no ``__init__`` (whose frozen ``object.__setattr__`` per field
-    halves the cost of building an event) and no ``__post_init__``, so only for
-    ``decode_record``, whose checks already cover them. Generated like the
-    dataclass's own ``__init__``; the result is equal to ``cls(*values)``."""
-    names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
-    namespace: dict[str, Any] = {"_new": object.__new__, "_cls": cls}
-    namespace.update({f"_set{i}": cls.__dict__[name].__set__ for i, name in enumerate(names)})
-    body = "".join(f"    _set{i}(o, {name})\n" for i, name in enumerate(names))
-    exec(f"def build({', '.join(names)}):\n    o = _new(_cls)\n{body}    return o\n", namespace)
-    built: Callable[..., _T] = namespace["build"]
-    return built
-
-
-_new_envelope = _fields_setter(Envelope)
-_new_hlc = _fields_setter(HLCTimestamp)
-_new_consumed = _fields_setter(ConsumedEvent)
+# decode_record's checks cover Envelope.__post_init__'s; Kafka offsets are never negative.
+_new_envelope = slot_setter(Envelope)
+_new_hlc = slot_setter(HLCTimestamp)
+_new_consumed = slot_setter(ConsumedEvent)
+_new_position = slot_setter(Position)

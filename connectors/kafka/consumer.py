@@ -36,6 +36,7 @@ from toolkit.ports import (
     RevokeCallback,
 )
 from toolkit.positions import TopicPartition
+from toolkit.slotted import slot_setter
 
 __all__ = ["KafkaRecordConsumer"]
 
@@ -205,7 +206,7 @@ def _to_record(message: Message) -> ConsumedRecord:
     topic, partition, offset = message.topic(), message.partition(), message.offset()
     if topic is None or partition is None or offset is None:
         raise ConsumeError("message without coordinates")
-    return ConsumedRecord(
+    return _new_record(
         topic,
         partition,
         offset,
@@ -217,6 +218,8 @@ def _to_record(message: Message) -> ConsumedRecord:
     )
 
 
+# ConsumedRecord without its frozen __init__ (it has no __post_init__ to skip).
+_new_record = slot_setter(ConsumedRecord)
 # Message.headers, called so that CPython always checks its result (see _read_headers).
 _HEADERS = operator.methodcaller("headers")
 

@@ -45,6 +45,8 @@ __all__ = [
     "ReplayMarkers",
     "RevokeCallback",
     "SagaStepStore",
+    "StepRecord",
+    "StepRecordResult",
     "TopicBrowser",
     "TransactionalProducer",
 ]
@@ -388,11 +390,44 @@ class CheckpointedReadModelStore(ReadModelStore, Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class StepRecord:
+    """One step decision for :meth:`SagaStepStore.record_each`.
+
+    ``expected``: the documents the decision read and the values it saw
+    (None: absent). The record holds only while every one of them still has
+    that value; a document written meanwhile makes the record ``stale``.
+    """
+
+    key: str
+    changes: Sequence[ReadModelChange]
+    outcome: Mapping[str, Any]
+    expected: Mapping[str, Mapping[str, Any] | None] = field(default_factory=dict)
+
+
+class StepRecordResult(NamedTuple):
+    """What :meth:`SagaStepStore.record_each` did with one :class:`StepRecord`.
+
+    ``recorded``: applied and recorded now (``outcome`` is the record's);
+    ``decided``: the key was recorded before, nothing changed (``outcome`` is
+    the stored one); ``stale``: an expected document had another value, nothing
+    changed (``outcome`` is empty): decide the step again.
+    """
+
+    status: Literal["recorded", "decided", "stale"]
+    outcome: dict[str, Any]
+
+
 class SagaStepStore(ReadModelStore, Protocol):
     """A saga participant's read model and its once-only step outcomes."""
 
     def outcome(self, participant: str, key: str) -> dict[str, Any] | None:
         """The outcome recorded under ``key``, or None."""
+        ...
+
+    def outcomes(self, participant: str, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The outcomes recorded under ``keys``, read together (one round trip);
+        keys not recorded are left out."""
         ...
 
     def record_once(
@@ -408,6 +443,16 @@ class SagaStepStore(ReadModelStore, Protocol):
         Returns ``(True, outcome)`` when recorded now, else ``(False, stored)``
         with nothing changed.
         """
+        ...
+
+    def record_each(
+        self, participant: str, records: Sequence[StepRecord]
+    ) -> list[StepRecordResult]:
+        """Each record in order, each its own atomic step like :meth:`record_once`
+        and only while its ``expected`` documents hold (sent together: one round
+        trip). Records are independent: one that is ``decided`` or ``stale``
+        does not stop the others, so a record whose decision read another's
+        changes must expect them."""
         ...
 
 

@@ -10,6 +10,15 @@ and its record exist or neither does. A participant that receives a command
 again finds the record and re-publishes what it stored instead of acting
 twice; a watchdog that records a timeout first makes a late command a no-op.
 
+``outcomes`` reads many outcomes with one ``MGET``. ``record_each`` sends
+one script per record in one pipeline (one round trip, not a transaction):
+each record is still its own atomic script with the same once-only check,
+and additionally refuses (``stale``, nothing changed) when a document the
+decision read (``StepRecord.expected``) no longer holds the value it saw,
+compared as the read model's JSON encoding. So a decision that read another
+record's pending change, or a document another member of the group wrote
+meanwhile, is never applied on top of a state it did not see.
+
 Layout: the participant's read model uses the projection layout
 (``kct:rm:{<participant>}:d:<key>`` documents, ``:c:<key>`` counters), and
 outcomes live at ``kct:rm:{<participant>}:once:<key>``, all in one hash slot.
@@ -42,7 +51,7 @@ from connectors.redis.errors import map_exceptions
 from connectors.redis.read_model import APPLY_CHANGES_LUA, RedisReadModelStore, encode_changes
 from connectors.redis.settings import RedisSettings
 from toolkit.errors import ConfigurationError, StoreError
-from toolkit.ports import ReadModelChange
+from toolkit.ports import ReadModelChange, StepRecord, StepRecordResult
 
 __all__ = ["RedisSagaStepStore"]
 
@@ -62,6 +71,45 @@ return {1}
 )
 
 
+# record_each: the same, after checking the documents the decision read.
+# ARGV[4] holds the expected documents (JSON, ASCII) concatenated;
+# request.expect lists {key number, length} (length -1: expected absent).
+_RECORD_CHECKED = (
+    """
+local existing = redis.call('GET', KEYS[1])
+if existing then
+  return {0, existing}
+end
+local request = cjson.decode(ARGV[1])
+local expected = ARGV[4]
+local at = 1
+for _, check in ipairs(request.expect) do
+  local current = redis.call('GET', KEYS[check[1]])
+  if check[2] < 0 then
+    if current then
+      return {2}
+    end
+  else
+    local stop = at + check[2]
+    if current ~= string.sub(expected, at, stop - 1) then
+      return {2}
+    end
+    at = stop
+  end
+end
+"""
+    + APPLY_CHANGES_LUA
+    + """
+redis.call('SET', KEYS[1], ARGV[3])
+return {1}
+"""
+)
+
+def _canonical(document: Mapping[str, Any]) -> str:
+    """A document as the read model stores it (ASCII JSON, sorted keys, no spaces)."""
+    return json.dumps(document, separators=(",", ":"), sort_keys=True)
+
+
 class RedisSagaStepStore:
     """A participant's read model plus its once-only step outcomes."""
 
@@ -70,6 +118,7 @@ class RedisSagaStepStore:
         self._redis = client or settings.client()
         self._read_model = RedisReadModelStore(settings, self._redis)
         self._record_once = self._redis.register_script(_RECORD_ONCE)
+        self._record_checked = self._redis.register_script(_RECORD_CHECKED)
         self._durability_checked = settings.durability_fsync == "any"
 
     @staticmethod
@@ -89,6 +138,18 @@ class RedisSagaStepStore:
         with self._errors("read", participant):
             raw = self._redis.get(f"{self._prefix(participant)}once:{key}")
         return None if raw is None else dict(json.loads(str(raw)))
+
+    def outcomes(self, participant: str, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+        if not keys:
+            return {}
+        prefix = f"{self._prefix(participant)}once:"
+        with self._errors("read", participant):
+            found = self._redis.mget([prefix + key for key in keys])
+        return {
+            key: dict(json.loads(str(raw)))
+            for key, raw in zip(keys, found, strict=True)
+            if raw is not None
+        }
 
     def record_once(
         self,
@@ -110,6 +171,69 @@ class RedisSagaStepStore:
         if int(result[0]) == 1:
             return True, dict(outcome)
         return False, dict(json.loads(str(result[1])))
+
+    def record_each(
+        self, participant: str, records: Sequence[StepRecord]
+    ) -> list[StepRecordResult]:
+        """One ``EVALSHA`` per record, pipelined (not a transaction: each script is
+        atomic on its own, and a failed one does not undo the others)."""
+        if not records:
+            return []
+        if not self._durability_checked:
+            self._check_fsync(participant)
+        calls = [self._checked_call(participant, record) for record in records]
+        with self._errors("step records", participant):
+            results = self._run_pipelined(calls)
+        if self._settings.wait_replicas:
+            self._wait_for_replicas(participant)
+        out: list[StepRecordResult] = []
+        for record, result in zip(records, results, strict=True):
+            status = int(result[0])
+            if status == 1:
+                out.append(StepRecordResult("recorded", dict(record.outcome)))
+            elif status == 0:
+                out.append(StepRecordResult("decided", dict(json.loads(str(result[1])))))
+            else:
+                out.append(StepRecordResult("stale", {}))
+        return out
+
+    def _checked_call(self, participant: str, record: StepRecord) -> list[Any]:
+        """KEYS and ARGV of one ``_RECORD_CHECKED`` call."""
+        prefix = self._prefix(participant)
+        keys = [f"{prefix}once:{record.key}"]
+        expect: list[list[int]] = []
+        documents: list[str] = []
+        for key, document in record.expected.items():
+            keys.append(f"{prefix}d:{key}")
+            if document is None:
+                expect.append([len(keys), -1])
+            else:
+                encoded = _canonical(document)
+                documents.append(encoded)
+                expect.append([len(keys), len(encoded)])  # ASCII: characters == bytes
+        ops, puts = encode_changes(prefix, record.changes, keys)
+        request = json.dumps({"ops": ops, "expect": expect}, separators=(",", ":"))
+        stored = json.dumps(record.outcome, separators=(",", ":"), sort_keys=True)
+        return [len(keys), *keys, request, puts, stored, "".join(documents)]
+
+    def _run_pipelined(self, calls: Sequence[list[Any]]) -> list[Any]:
+        """Every call as ``EVALSHA`` in one pipeline; if the server lacks the
+        script (a restart, ``SCRIPT FLUSH``), load it and send them all again:
+        a call that did run meanwhile answers ``decided`` with its own record."""
+        sha = self._record_checked.sha
+        for attempt in (1, 2):
+            pipe = self._redis.pipeline(transaction=False)
+            for call in calls:
+                pipe.execute_command("EVALSHA", sha, *call)  # type: ignore[no-untyped-call]
+            results = pipe.execute(raise_on_error=False)
+            missing = any(isinstance(r, redis.exceptions.NoScriptError) for r in results)
+            if not missing or attempt == 2:
+                break
+            self._redis.script_load(_RECORD_CHECKED)
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        return list(results)
 
     def _check_fsync(self, participant: str) -> None:
         """Refuse a Redis whose append-only file is weaker than ``durability_fsync``."""

@@ -12,6 +12,7 @@ from toolkit.ports import (
     ReadModelChange,
     ReadModelStore,
     SagaStepStore,
+    StepRecord,
 )
 from toolkit.positions import TopicPartition
 
@@ -167,3 +168,113 @@ class SagaStepStoreContract(ReadModelStoreContract):
         assert store.outcome(one, key) == {"by": "one"}
         assert store.outcome(two, key) == {"by": "two"}
         assert store.outcome(one, key + "x") is None
+
+    def test_outcomes_reads_many_keys_and_leaves_out_the_unrecorded(self) -> None:
+        store, one, two = self.make_store(), unique("inventory"), unique("payment")
+        store.record_once(one, "s1/Reserve/EXECUTE", [], {"n": 1})
+        store.record_once(one, "s2/Reserve/EXECUTE", [], {"n": 2, "doc": DOCUMENT})
+        store.record_once(two, "s3/Reserve/EXECUTE", [], {"n": 3})
+        keys = [
+            "s1/Reserve/EXECUTE",
+            "s9/Reserve/EXECUTE",
+            "s2/Reserve/EXECUTE",
+            "s3/Reserve/EXECUTE",
+        ]
+        assert store.outcomes(one, keys) == {
+            "s1/Reserve/EXECUTE": {"n": 1},
+            "s2/Reserve/EXECUTE": {"n": 2, "doc": DOCUMENT},
+        }
+        assert store.outcomes(one, []) == {}
+
+    def test_record_each_records_in_order_each_once(self) -> None:
+        store, participant = self.make_store(), unique("inventory")
+        store.record_once(participant, "old", [increment("t", "n", 1)], {"r": "old"})
+        results = store.record_each(
+            participant,
+            [
+                StepRecord(
+                    "a", [put("stock:w", {"available": 9}), increment("t", "n", 1)], {"r": "a"}
+                ),
+                StepRecord("old", [put("stock:w", {"available": 0})], {"r": "again"}),
+                StepRecord("b", [put("stock:w", {"available": 7})], {"r": "b"}),
+            ],
+        )
+        assert [tuple(r) for r in results] == [
+            ("recorded", {"r": "a"}),
+            ("decided", {"r": "old"}),
+            ("recorded", {"r": "b"}),
+        ]
+        assert store.get(participant, "stock:w") == {"available": 7}
+        assert store.counters(participant, "t") == {"n": 2}
+        assert store.outcomes(participant, ["a", "b"]) == {"a": {"r": "a"}, "b": {"r": "b"}}
+        assert store.record_each(participant, []) == []
+
+    def test_record_each_holds_only_while_the_documents_read_are_unchanged(self) -> None:
+        store, participant = self.make_store(), unique("inventory")
+        store.record_once(
+            participant, "seed", [put("stock:w", {"available": 10, "doc": DOCUMENT})], {}
+        )
+        seen = {"available": 10, "doc": DOCUMENT}
+        results = store.record_each(
+            participant,
+            [
+                # read stock:w as seeded and the absent stock:x: holds
+                StepRecord(
+                    "a",
+                    [put("stock:w", {"available": 8, "doc": DOCUMENT}), increment("t", "n", 1)],
+                    {"r": "a"},
+                    {"stock:w": seen, "stock:x": None},
+                ),
+                # read a's change: holds, since a was recorded first
+                StepRecord(
+                    "b",
+                    [put("stock:w", {"available": 5})],
+                    {"r": "b"},
+                    {"stock:w": {"available": 8, "doc": DOCUMENT}},
+                ),
+                # read the seeded value, now stale: nothing changes
+                StepRecord(
+                    "c",
+                    [put("stock:w", {"available": 1}), increment("t", "n", 1)],
+                    {"r": "c"},
+                    {"stock:w": seen},
+                ),
+                # expected stock:w absent: stale
+                StepRecord("d", [increment("t", "n", 1)], {"r": "d"}, {"stock:w": None}),
+            ],
+        )
+        assert [r.status for r in results] == ["recorded", "recorded", "stale", "stale"]
+        assert results[2].outcome == {}
+        assert store.get(participant, "stock:w") == {"available": 5}
+        assert store.counters(participant, "t") == {"n": 1}
+        assert store.outcomes(participant, ["a", "b", "c", "d"]).keys() == {"a", "b"}
+
+    def test_record_each_checks_the_key_before_the_documents(self) -> None:
+        store, participant = self.make_store(), unique("inventory")
+        store.record_once(participant, "k", [], {"r": "first"})
+        [result] = store.record_each(
+            participant, [StepRecord("k", [], {"r": "second"}, {"stock:w": {"available": 1}})]
+        )
+        assert tuple(result) == ("decided", {"r": "first"})
+
+    def test_record_each_after_a_decided_record_refuses_what_read_its_changes(self) -> None:
+        """A decision that read an earlier record's change is stale when that record
+        was decided elsewhere (its change never happened)."""
+        store, participant = self.make_store(), unique("inventory")
+        store.record_once(participant, "timed-out", [], {"outcome": "FAILURE"})
+        results = store.record_each(
+            participant,
+            [
+                StepRecord(
+                    "timed-out", [put("stock:w", {"available": 4})], {"r": 1}, {"stock:w": None}
+                ),
+                StepRecord(
+                    "next",
+                    [put("stock:w", {"available": 3})],
+                    {"r": 2},
+                    {"stock:w": {"available": 4}},
+                ),
+            ],
+        )
+        assert [r.status for r in results] == ["decided", "stale"]
+        assert store.get(participant, "stock:w") is None

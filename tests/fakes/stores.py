@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import threading
+from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from toolkit.errors import StoreError
-from toolkit.ports import ReadModelChange
+from toolkit.ports import ReadModelChange, StepRecord, StepRecordResult
 from toolkit.positions import TopicPartition
 
 __all__ = ["FlakyReadModelStore", "InMemoryReadModelStore", "InMemorySagaStepStore"]
@@ -75,15 +76,59 @@ class InMemoryReadModelStore:
 
 
 class InMemorySagaStepStore(InMemoryReadModelStore):
-    """SagaStepStore in dicts: read models plus once-only outcomes."""
+    """SagaStepStore in dicts: read models plus once-only outcomes; ``calls``
+    counts the calls that would each be one Redis round trip."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.outcomes: dict[tuple[str, str], str] = {}
+        self.records: dict[tuple[str, str], str] = {}
+        self.calls: dict[str, int] = defaultdict(int)  # round trips a real store would make
 
     def outcome(self, participant: str, key: str) -> dict[str, Any] | None:
-        found = self.outcomes.get((participant, key))
+        self.calls["outcome"] += 1
+        return self._stored(participant, key)
+
+    def _stored(self, participant: str, key: str) -> dict[str, Any] | None:
+        found = self.records.get((participant, key))
         return None if found is None else dict(json.loads(found))
+
+    def outcomes(self, participant: str, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+        self.calls["outcomes"] += 1
+        found = {key: self._stored(participant, key) for key in keys}
+        return {key: stored for key, stored in found.items() if stored is not None}
+
+    def get(self, projection: str, key: str) -> dict[str, Any] | None:
+        self.calls["get"] += 1
+        return super().get(projection, key)
+
+    def record_each(
+        self, participant: str, records: Sequence[StepRecord]
+    ) -> list[StepRecordResult]:
+        self.calls["record_each"] += 1
+        out: list[StepRecordResult] = []
+        for record in records:
+            stored = self._stored(participant, record.key)
+            if stored is not None:
+                out.append(StepRecordResult("decided", stored))
+            elif any(
+                self.documents.get((participant, key)) != expected
+                for key, expected in record.expected.items()
+            ):
+                out.append(StepRecordResult("stale", {}))
+            else:
+                self._record(participant, record.key, record.changes, record.outcome)
+                out.append(StepRecordResult("recorded", dict(record.outcome)))
+        return out
+
+    def _record(
+        self,
+        participant: str,
+        key: str,
+        changes: Sequence[ReadModelChange],
+        outcome: Mapping[str, Any],
+    ) -> None:
+        self.apply(participant, changes, {}, {})
+        self.records[(participant, key)] = json.dumps(outcome)
 
     def record_once(
         self,
@@ -92,11 +137,11 @@ class InMemorySagaStepStore(InMemoryReadModelStore):
         changes: Sequence[ReadModelChange],
         outcome: Mapping[str, Any],
     ) -> tuple[bool, dict[str, Any]]:
-        stored = self.outcome(participant, key)
+        self.calls["record_once"] += 1
+        stored = self._stored(participant, key)
         if stored is not None:
             return False, stored
-        self.apply(participant, changes, {}, {})
-        self.outcomes[(participant, key)] = json.dumps(outcome)
+        self._record(participant, key, changes, outcome)
         return True, dict(outcome)
 
 

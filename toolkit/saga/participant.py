@@ -4,13 +4,19 @@ A :class:`SagaParticipant` is one member of the participant's consumer group
 (``kct.<deployment>.saga.<saga type>.<namespace><participant>``, see
 :func:`toolkit.runtime.app.saga_group`) reading its command topics. Per poll:
 
-1. for each command, look up its dedup record (saga id + step + action): if
-   present, the step was already decided: re-publish what was stored;
+1. look up every command's dedup record (saga id + step + action) in one
+   call (``SagaStepStore.outcomes``): a step found there was already decided:
+   re-publish what was stored;
 2. otherwise run the action against a ``ReadModelBatch`` of the participant's
    read model and, in **one Redis script**, apply its changes and record the
    outcome together with the messages it produces (the reply, and the next
    command: the next step's EXECUTE on success, the previous step's
-   COMPENSATE on failure or after a compensation);
+   COMPENSATE on failure or after a compensation). The EXECUTE decisions of
+   a poll are recorded together, one script each in one round trip, each
+   applied only while the documents its decision read are unchanged, else
+   decided again alone (:mod:`toolkit.saga.poll_records`); compensations,
+   operator retries and actions that read counters are decided alone, after
+   the records queued before them are written;
 3. in **one Kafka transaction**, publish every reply and next command of the
    poll and commit the consumer offsets (``send_offsets_to_transaction`` with
    the group's metadata, which fences a zombie member).
@@ -36,7 +42,8 @@ FAILURE (the saga ends FAILED_COMPENSATION, needing attention), and the
 compensation of earlier steps continues.
 
 With an :class:`~toolkit.interceptors.Interceptor`, each command runs inside
-its ``process`` hook and each step decision inside ``saga_step``; the reply
+its ``process`` hook and each step decision inside ``saga_step``, decided
+and recorded alone (so its span holds the recorded outcome); the reply
 and next command carry the step's context (``propagate``), so a saga's
 messages stay in the trace its start opened.
 
@@ -59,6 +66,7 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
+from typing import Any, NamedTuple
 
 from toolkit.dead_letter import DeadLetterQueue
 from toolkit.envelope import ConsumedEvent
@@ -86,6 +94,7 @@ from toolkit.saga.messages import (
     SagaCompensationFailed,
     SagaReply,
 )
+from toolkit.saga.poll_records import PollRecords
 from toolkit.saga.step_records import (
     Output,
     compensate_before,
@@ -119,6 +128,20 @@ class StepContext:
 
 
 StepAction = Callable[[StepContext, ReadModelBatch], Mapping[str, str] | None]
+
+
+class _Command(NamedTuple):
+    """A valid command of a poll, with its step and once-only key."""
+
+    event: ConsumedEvent
+    definition: SagaDefinition
+    step: SagaStep
+    command: SagaCommand
+    key: str
+
+
+# (slot in the poll's messages, the command, its messages) of a queued record
+_Queued = tuple[int, _Command, list[Output]]
 
 
 class SagaParticipant:
@@ -173,6 +196,7 @@ class SagaParticipant:
         self._stopping = threading.Event()
         self._outage_backoff = Backoff(backoff, max(backoff, max_backoff))
         self._health = LoopHealth()
+        self._alone_actions: set[str] = set()  # actions that read counters
         self.stats: dict[str, int] = defaultdict(int)
         topics = sorted({d.command_topic(name) for d in self._definitions.values()})
         self._reader.subscribe(topics, self._assigned, self._revoked)
@@ -229,15 +253,7 @@ class SagaParticipant:
         if not offsets:
             return 0
         try:
-            outputs: list[Output] = []
-            hooks = self._hooks
-            group = self._dead_letters.consumer_group
-            for event in events:
-                if hooks is None:
-                    outputs.extend(self._handle(event))
-                else:
-                    outputs.extend(hooks.process(event, group, partial(self._handle, event)))
-            self._publish(outputs, offsets)
+            self._publish(self._decide_poll(events), offsets)
         except ConnectorError as exc:
             self.stats["rewinds"] += 1
             self._rewind(events)
@@ -280,8 +296,97 @@ class SagaParticipant:
             transaction.send_offsets(offsets, self._group_metadata())
             transaction.commit()
 
+    # -- the commands of a poll -------------------------------------------
+    def _decide_poll(self, events: Sequence[ConsumedEvent]) -> list[Output]:
+        """Every command's messages, in order: dedup lookups in one call, EXECUTE
+        decisions queued and recorded together, anything else decided alone."""
+        commands = [c for c in map(self._command, events) if c is not None]
+        keys = [c.key for c in commands]
+        known = self._store.outcomes(self.read_model, keys) if keys else {}
+        if self._hooks is not None:
+            return self._decide_traced(commands, known)
+        poll = PollRecords(self._store, self.read_model)
+        slots: list[list[Output]] = []
+        queued: list[_Queued] = []
+        seen: set[str] = set()
+        for c in commands:
+            stored = known.get(c.key)
+            if c.key in seen:  # twice in one poll: the first one decided it
+                self._flush(poll, queued, slots)
+                stored = self._store.outcome(self.read_model, c.key)
+            seen.add(c.key)
+            if (
+                stored is None
+                and c.command.action is Action.EXECUTE
+                and c.step.command not in self._alone_actions
+            ):
+                outcome, changes, outputs = self._execute(
+                    c.definition, c.step, c.command, poll.batch
+                )
+                if not poll.counters_read:
+                    poll.add(c.key, changes, outputs_document(outcome, outputs))
+                    queued.append((len(slots), c, outputs))
+                    slots.append([])
+                    continue
+                self._alone_actions.add(c.step.command)  # from now on decided alone
+            if stored is None:  # decided alone: after what is queued
+                self._flush(poll, queued, slots)
+            slots.append(self._decide(c.definition, c.step, c.command, stored, looked_up=True))
+        self._flush(poll, queued, slots)
+        return [output for outputs in slots for output in outputs]
+
+    def _flush(self, poll: PollRecords, queued: list[_Queued], slots: list[list[Output]]) -> None:
+        """Write the queued records in one call; decide the stale ones again, alone."""
+        stale: list[tuple[int, _Command]] = []
+        for (slot, c, outputs), result in zip(queued, poll.flush(), strict=True):
+            if result.status == "recorded":
+                slots[slot] = outputs
+            elif result.status == "decided":  # a watchdog's timeout: keep that decision
+                self.stats["decided_elsewhere"] += 1
+                slots[slot] = stored_outputs(result.outcome)
+            else:  # it read a change that did not happen or a document written meanwhile
+                self.stats["stale_decisions"] += 1
+                stale.append((slot, c))
+        queued.clear()
+        for slot, c in stale:  # on the store as every queued record left it
+            slots[slot] = self._decide(c.definition, c.step, c.command, None, looked_up=True)
+
+    def _decide_traced(
+        self, commands: Sequence[_Command], known: Mapping[str, dict[str, Any]]
+    ) -> list[Output]:
+        """Each command in its ``process`` hook, decided and recorded alone."""
+        assert self._hooks is not None
+        group = self._dead_letters.consumer_group
+        outputs: list[Output] = []
+        seen: set[str] = set()
+        for c in commands:
+            first = c.key not in seen  # else the first one decided it: look again
+            seen.add(c.key)
+            decide = partial(self._decide_in_span, c, known.get(c.key), first)
+            outputs.extend(self._hooks.process(c.event, group, decide))
+        return outputs
+
+    def _decide_in_span(
+        self, c: _Command, stored: dict[str, Any] | None, looked_up: bool
+    ) -> list[Output]:
+        assert self._hooks is not None
+        command = c.command
+        info = StepInfo(
+            command.saga_id,
+            command.saga_type,
+            c.step.name,
+            command.action.value,
+            self.name,
+            command.attempt,
+        )
+        return self._hooks.saga_step(
+            info,
+            lambda: self._decide(c.definition, c.step, command, stored, looked_up=looked_up),
+        )
+
     # -- one command ------------------------------------------------------
-    def _handle(self, event: ConsumedEvent) -> list[Output]:
+    def _command(self, event: ConsumedEvent) -> _Command | None:
+        """The command ``event`` holds, or None when it was dead-lettered (invalid)."""
         envelope = event.envelope
         try:
             if envelope.event_type != COMMAND:
@@ -297,28 +402,30 @@ class SagaParticipant:
             self.stats["invalid_commands"] += 1
             if event.record is not None:
                 self._dead_letters.send(event.record, "invalid_command", str(exc))
-            return []
-        hooks = self._hooks
-        if hooks is None:
-            return self._decide(definition, step, command)
-        info = StepInfo(
-            command.saga_id,
-            command.saga_type,
-            step.name,
-            command.action.value,
-            self.name,
-            command.attempt,
-        )
-        return hooks.saga_step(info, lambda: self._decide(definition, step, command))
+            return None
+        retry = command.attempt if command.action is Action.COMPENSATE else 1
+        key = dedup_key(command.saga_id, step.name, command.action, retry)
+        return _Command(event, definition, step, command, key)
 
     def _decide(
-        self, definition: SagaDefinition, step: SagaStep, command: SagaCommand
+        self,
+        definition: SagaDefinition,
+        step: SagaStep,
+        command: SagaCommand,
+        stored: Mapping[str, Any] | None = None,
+        *,
+        looked_up: bool = False,
     ) -> list[Output]:
-        """Decide the step once (or find it decided) and return the messages it produces."""
+        """Decide the step once (or find it decided) and return the messages it produces.
+
+        ``looked_up``: ``stored`` is what the dedup lookup found; not finding a
+        record needs no second look, ``record_once`` decides only once anyway.
+        """
         hooks = self._hooks
         retry = command.attempt if command.action is Action.COMPENSATE else 1
         key = dedup_key(command.saga_id, step.name, command.action, retry)
-        stored = self._store.outcome(self.read_model, key)
+        if not looked_up:
+            stored = self._store.outcome(self.read_model, key)
         if stored is not None:
             self.stats["redelivered"] += 1
             if hooks is not None:
@@ -381,14 +488,18 @@ class SagaParticipant:
         )
 
     def _execute(
-        self, definition: SagaDefinition, step: SagaStep, command: SagaCommand
+        self,
+        definition: SagaDefinition,
+        step: SagaStep,
+        command: SagaCommand,
+        new_batch: Callable[[], ReadModelBatch] | None = None,
     ) -> tuple[Outcome, list[ReadModelChange], list[Output]]:
         action = self._actions[step.command]
         error: str | None = None
         tries = 0
         for attempt in range(1, self._retries + 2):
             tries = attempt
-            batch = ReadModelBatch(self._store, self.read_model)
+            batch = new_batch() if new_batch else ReadModelBatch(self._store, self.read_model)
             try:
                 delta = dict(action(self._context(command, step, attempt), batch) or {})
             except StepFailed as exc:

@@ -12,7 +12,6 @@ replay change nothing (effectively-once read models).
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,6 +28,21 @@ _DELETED = object()
 # per change did, several per event, and the collector's passes over them were
 # a fifth of a projection's time. ``changes`` builds the ReadModelChanges.
 _SIZES = {"p": 3, "d": 2, "i": 4}
+
+
+def _copied(value: Any) -> Any:
+    """A deep copy of JSON-shaped data: containers copied, scalars (immutable) shared.
+
+    ``copy.deepcopy`` keeps a memo of every object for cycles and shared
+    references, which JSON cannot have; this is about three times faster.
+    """
+    if isinstance(value, dict):
+        return {k: _copied(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copied(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_copied(v) for v in value)
+    return value
 
 
 class ReadModelBatch:
@@ -104,7 +118,7 @@ class ReadModelBatch:
         """The document under ``key`` as this batch would leave it."""
         if key in self._documents:
             pending = self._documents[key]
-            return None if pending is _DELETED else copy.deepcopy(pending)
+            return None if pending is _DELETED else _copied(pending)
         return self._store.get(self._projection, key)
 
     def put(self, key: str, document: Mapping[str, Any]) -> None:
@@ -113,8 +127,8 @@ class ReadModelBatch:
         # get() hands out copies too. Only nested values need a deep copy.
         stored = dict(document)
         for value in stored.values():
-            if isinstance(value, (dict, list)):
-                stored = copy.deepcopy(stored)
+            if isinstance(value, (dict, list, tuple)):
+                stored = _copied(stored)
                 break
         self._documents[key] = stored
         self._journal += ("p", key, stored)

@@ -100,3 +100,17 @@ def test_decoded_event_is_the_dataclasses_own() -> None:
     assert event.envelope.hlc == HLCTimestamp(5, 1, "n")
     with pytest.raises(dataclasses.FrozenInstanceError):
         event.envelope.sequence = 9  # type: ignore[misc]
+
+
+def test_batch_documents_are_copied_in_and_out_at_every_depth() -> None:
+    """A handler mutating what it put, or what get() handed it, changes nothing in the batch."""
+    batch = ReadModelBatch(InMemoryReadModelStore(), "p")
+    document: dict[str, Any] = {"steps": [{"name": "a", "done": False}], "tags": ("x", ["y"])}
+    batch.put("k", document)
+    document["steps"][0]["done"] = True
+    document["tags"][1].append("z")
+    read = batch.get("k")
+    assert read == {"steps": [{"name": "a", "done": False}], "tags": ("x", ["y"])}
+    assert read is not None
+    read["steps"].append({"name": "b"})
+    assert batch.get("k") == {"steps": [{"name": "a", "done": False}], "tags": ("x", ["y"])}

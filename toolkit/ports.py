@@ -359,6 +359,10 @@ class ReadModelStore(Protocol):
 class CheckpointedReadModelStore(ReadModelStore, Protocol):
     """A read-model store that keeps, with the data, the offsets it has applied."""
 
+    def get_many(self, projection: str, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The documents stored under ``keys`` in one round trip (absent keys left out)."""
+        ...
+
     def applied_offsets(
         self, projection: str, partitions: Iterable[TopicPartition]
     ) -> dict[TopicPartition, int]:

@@ -225,6 +225,8 @@ GAP_TICK_AGGREGATE_TYPE = "kct.control"
 _UNKNOWN = -1
 
 Handler = Callable[[Envelope, ReadModelBatch], None]
+# The document keys a handler will get() for an event: read ahead for a whole batch.
+KeysRead = Callable[[Envelope], Iterable[str]]
 
 
 class Projection:
@@ -236,6 +238,7 @@ class Projection:
         self.name = name
         self.topics = tuple(topics)
         self._handlers: dict[str, Handler] = {}
+        self._reads: dict[str, KeysRead] = {}
 
     def on(self, *event_types: str) -> Callable[[Handler], Handler]:
         """Decorator: ``@projection.on("kct.examples.orders.OrderPlaced")``."""
@@ -252,6 +255,39 @@ class Projection:
             return handler
 
         return register
+
+    def reads(self, *event_types: str) -> Callable[[KeysRead], KeysRead]:
+        """Decorator naming the document keys the handler of these event types reads
+        (``view.get``): the runner reads them for a whole batch in one round trip
+        before applying it, instead of one per event. Only for documents that the
+        projection's own partitions write (such as a document per aggregate), since
+        they are read when the batch starts, not when the handler runs."""
+
+        def register(keys: KeysRead) -> KeysRead:
+            for event_type in event_types:
+                self._reads[event_type] = keys
+            return keys
+
+        return register
+
+    def keys_read(self, events: Iterable[Envelope]) -> list[str]:
+        """The document keys handlers will read for ``events`` (registered with
+        :meth:`reads`); an event whose key function raises is left to its handler."""
+        reads = self._reads
+        keys: list[str] = []
+        for envelope in events:
+            keys_of = reads.get(envelope.event_type)
+            if keys_of is None:
+                continue
+            try:
+                keys.extend(keys_of(envelope))
+            except Exception:  # a malformed event: its handler decides (and dead-letters it)
+                continue
+        return keys
+
+    @property
+    def reads_ahead(self) -> bool:
+        return bool(self._reads)
 
     def handler_for(self, event_type: str) -> Handler | None:
         return self._handlers.get(event_type)
@@ -521,6 +557,8 @@ class ProjectionRunner:
         batch = ReadModelBatch(self._store, self.projection.name)
         self._order.clear()
         if polled:
+            if self.projection.reads_ahead:
+                self._read_ahead(events, batch)
             applied = self._apply(events, batch)
         if self._resolver is not None:
             applied += self._expire(batch, polled)
@@ -530,6 +568,12 @@ class ProjectionRunner:
         self._reader.forget([tp for tp in self._reader.pending_offsets if tp not in polled])
         self._commit_uncommitted()
         return applied
+
+    def _read_ahead(self, events: list[ConsumedEvent], batch: ReadModelBatch) -> None:
+        """One ``get_many`` for the documents the batch's handlers will read."""
+        keys = self.projection.keys_read(e.envelope for e in events)
+        if keys:
+            batch.read_ahead(keys, self._store.get_many(self.projection.name, keys))
 
     def _apply(self, events: Iterable[ConsumedEvent], batch: ReadModelBatch) -> int:
         applied = 0

@@ -12,7 +12,7 @@ replay change nothing (effectively-once read models).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from toolkit.ports import ReadModelChange, ReadModelStore
@@ -48,7 +48,15 @@ def _copied(value: Any) -> Any:
 class ReadModelBatch:
     """Pending read-model changes of one projection, readable before they are stored."""
 
-    __slots__ = ("_count", "_counter_deltas", "_documents", "_journal", "_projection", "_store")
+    __slots__ = (
+        "_count",
+        "_counter_deltas",
+        "_documents",
+        "_journal",
+        "_projection",
+        "_read_ahead",
+        "_store",
+    )
 
     def __init__(self, store: ReadModelStore, projection: str) -> None:
         self._store = store
@@ -57,6 +65,9 @@ class ReadModelBatch:
         self._count = 0  # changes in the journal
         self._documents: dict[str, Any] = {}
         self._counter_deltas: dict[str, dict[str, int]] = {}
+        # Documents read ahead for the batch's handlers (None: known absent),
+        # each handed out once: its first get() takes it, later ones read the store.
+        self._read_ahead: dict[str, dict[str, Any] | None] = {}
 
     def _entries(self, journal: list[Any]) -> list[tuple[Any, ...]]:
         entries = []
@@ -119,7 +130,17 @@ class ReadModelBatch:
         if key in self._documents:
             pending = self._documents[key]
             return None if pending is _DELETED else _copied(pending)
+        read_ahead = self._read_ahead
+        if key in read_ahead:
+            return read_ahead.pop(key)  # fresh from the store, nobody else holds it
         return self._store.get(self._projection, key)
+
+    def read_ahead(self, keys: Iterable[str], found: Mapping[str, dict[str, Any]]) -> None:
+        """Documents the store returned for ``keys`` (one ``get_many``), kept for the
+        handlers' first ``get`` of each; absent keys are remembered as absent."""
+        for key in keys:
+            if key not in self._documents:
+                self._read_ahead[key] = found.get(key)
 
     def put(self, key: str, document: Mapping[str, Any]) -> None:
         """Store ``document`` (JSON-serialisable) under ``key``."""

@@ -108,6 +108,7 @@ return 1
 """
 # Puts per MSET: well below Lua's unpack() limit (LUAI_MAXCSTACK, 8000 values).
 _MSET_CHUNK = 500
+_MGET_CHUNK = 1000  # keys per MGET: bounded replies, one round trip per thousand
 
 
 def _field(tp: TopicPartition) -> str:
@@ -143,6 +144,18 @@ class RedisReadModelStore:
         with self._errors("read", projection):
             raw = self._redis.get(self._doc_key(projection, key))
         return None if raw is None else dict(json.loads(str(raw)))
+
+    def get_many(self, projection: str, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+        wanted = list(dict.fromkeys(keys))
+        found: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(wanted), _MGET_CHUNK):
+            chunk = wanted[start : start + _MGET_CHUNK]
+            with self._errors("read", projection):
+                values = self._redis.mget([self._doc_key(projection, key) for key in chunk])
+            for key, raw in zip(chunk, values, strict=True):
+                if raw is not None:
+                    found[key] = dict(json.loads(str(raw)))
+        return found
 
     def counters(self, projection: str, key: str) -> dict[str, int]:
         with self._errors("read", projection):

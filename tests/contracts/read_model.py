@@ -106,6 +106,17 @@ class CheckpointedReadModelStoreContract(ReadModelStoreContract):
         found["items"].append(2)
         assert store.get(name, "k") == {"items": [1]}
 
+    def test_get_many_reads_several_documents_and_leaves_out_the_absent(self) -> None:
+        store, name = self.make_store(), unique("p")
+        changes = [put("a", {"n": 1}), put("b", {"items": [1]}), put("c", {"n": 3})]
+        assert store.apply(name, changes, {}, {TP0: 1})
+        found = store.get_many(name, ["b", "missing", "a", "b"])
+        assert found == {"a": {"n": 1}, "b": {"items": [1]}}
+        found["b"]["items"].append(2)  # a copy, like get()
+        assert store.get(name, "b") == {"items": [1]}
+        assert store.get_many(name, []) == {}
+        assert store.get_many(unique("p"), ["a"]) == {}
+
     def test_projections_are_separate(self) -> None:
         store, one, two = self.make_store(), unique("p"), unique("p")
         assert store.apply(one, [put("k", {"v": 1}), increment("c", "n", 1)], {}, {TP0: 1})

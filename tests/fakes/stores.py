@@ -28,6 +28,14 @@ class InMemoryReadModelStore:
         found = self.documents.get((projection, key))
         return None if found is None else json.loads(json.dumps(found))
 
+    def get_many(self, projection: str, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+        documents = self.documents
+        return {
+            key: json.loads(json.dumps(documents[(projection, key)]))
+            for key in keys
+            if (projection, key) in documents
+        }
+
     def counters(self, projection: str, key: str) -> dict[str, int]:
         return dict(self.counter_values.get((projection, key), {}))
 

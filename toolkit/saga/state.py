@@ -280,6 +280,10 @@ def saga_state_projection(
             if now in TERMINAL:
                 view.increment(TOTALS_KEY, now)
 
+    @projection.reads(STARTED, REPLY)
+    def saga_document(event: Envelope) -> list[str]:
+        return [saga_key(str(event.payload["saga_id"]))]  # messages are keyed by saga
+
     @projection.on(STARTED)
     def started(event: Envelope, view: ReadModelBatch) -> None:
         apply(SagaStarted.from_payload(event.payload), view, event)

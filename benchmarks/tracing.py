@@ -170,6 +170,7 @@ def _throughput(
             deadline = started + 300
             while runner.stats.applied < events and time.perf_counter() < deadline:
                 runner.run_once()
+            runner.flush()
             seconds = time.perf_counter() - started
             cpu_seconds = time.process_time() - cpu  # every thread of this process
             applied = runner.stats.applied

@@ -164,6 +164,7 @@ def throughput(
             runner.run_once()
             if time.monotonic() > deadline:
                 break
+        runner.flush()  # the last full batch's store step and commit, if still in flight
         done = time.perf_counter()
         stats = runner.stats
         runner.close()

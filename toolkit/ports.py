@@ -356,6 +356,20 @@ class ReadModelStore(Protocol):
         ...
 
 
+class PendingApply(Protocol):
+    """A store step sent with :meth:`CheckpointedReadModelStore.apply_later`."""
+
+    def result(self) -> bool:
+        """Wait for the step: what :meth:`CheckpointedReadModelStore.apply` returns
+        (raises the same errors). Call it once."""
+        ...
+
+    def abandon(self) -> None:
+        """Give up on the answer (after another failure): the step may or may not
+        have happened; the stored offsets say which."""
+        ...
+
+
 class CheckpointedReadModelStore(ReadModelStore, Protocol):
     """A read-model store that keeps, with the data, the offsets it has applied."""
 
@@ -382,6 +396,19 @@ class CheckpointedReadModelStore(ReadModelStore, Protocol):
         stored): otherwise nothing is written and False is returned, because
         another runner has taken the partition over.
         """
+        ...
+
+    def apply_later(
+        self,
+        projection: str,
+        changes: Sequence[ReadModelChange],
+        expected: Mapping[TopicPartition, int | None],
+        offsets: Mapping[TopicPartition, int],
+    ) -> PendingApply:
+        """:meth:`apply`, sent now and answered by ``result()`` later, so the caller
+        can work while the store does (a runner reads its next batch meanwhile).
+        Same atomicity and condition; until ``result()`` the caller must not read
+        what the step writes."""
         ...
 
     def dump(self, projection: str) -> dict[str, Any]:

@@ -35,6 +35,14 @@ rewind to waiters and replay. Stored offsets that moved ahead (another member
 wrote them) are adopted the same way. A conditional store step that finds
 the offsets changed does the same instead of giving the partition up.
 
+Pipelining: a full batch (more is waiting) is sent to the store with
+``apply_later`` and the next batch is polled and decoded while the store
+runs it; the answer is taken right after that poll (which then waits for
+nothing), before anything of the new batch is applied, and the commit and
+announcement follow it. A step refused or failed at its answer discards the
+new batch's events of the partitions concerned (they resume from the stored
+offsets); a batch that is not full is stored and committed at once.
+
 With an :class:`~toolkit.interceptors.Interceptor`, each handler call of an
 event the interceptor ``observes`` runs inside its ``process`` hook (the
 others run directly: a tracing interceptor observes sampled flows only) and
@@ -78,6 +86,7 @@ from toolkit.ports import (
     CheckpointedReadModelStore,
     ConsumedRecord,
     EventCodec,
+    PendingApply,
     PositionNotifier,
     RecordConsumer,
 )
@@ -297,6 +306,15 @@ class Projection:
         return frozenset(self._handlers)
 
 
+@dataclass(frozen=True)
+class _InFlight:
+    """A batch's store step sent, not answered: what it expects and sets."""
+
+    pending: PendingApply
+    expected: dict[TopicPartition, int | None]
+    offsets: dict[TopicPartition, int]
+
+
 @dataclass
 class RunnerStats:
     """What a runner has done since it started."""
@@ -386,6 +404,10 @@ class ProjectionRunner:
         self._gap_ticks = gap_ticks
         self._next_tick: dict[TopicPartition, float] = {}
         self._stopping = threading.Event()
+        # A store step sent while the next batch is read (see _store_batch), its
+        # answer not yet taken; partitions resynced since the last poll.
+        self._in_flight: _InFlight | None = None
+        self._moved: set[TopicPartition] = set()
         self._reader.subscribe(projection.topics, self._on_assign, self._on_revoke)
 
     # -- group membership -------------------------------------------------
@@ -419,7 +441,14 @@ class ProjectionRunner:
         return starts
 
     def _on_revoke(self, partitions: list[TopicPartition]) -> None:
-        # Still the owner here: tell Kafka what the store already has.
+        # Still the owner here: finish the store step in flight, then tell Kafka
+        # what the store already has. Runs inside the consumer's poll: no raising.
+        try:
+            self._land()
+        except ConnectorError as exc:  # the next owner starts from the stored offsets
+            log.warning(
+                "%s: store step in flight at revocation failed: %s", self.projection.name, exc
+            )
         self._commit_uncommitted()
         self._drop(partitions)
         log.info("%s: revoked %s", self.projection.name, partitions)
@@ -470,14 +499,22 @@ class ProjectionRunner:
             wait,
             exc,
         )
+        self._reader.wait_in_group(
+            wait, lambda: self._stopping.is_set() or (stop is not None and stop.is_set())
+        )
+
+    def _distrust_progress(self) -> None:
+        """After a failed cycle: what was polled, applied or sent to the store may or
+        may not be stored, so every owned partition continues from what the store
+        says (the next cycle asks it first); nothing of the failed cycle is applied."""
+        if self._in_flight is not None:  # unknown outcome: the stored offsets will say
+            self._in_flight.pending.abandon()
+            self._in_flight = None
         for tp, offset in self._stored.items():
             self._unsynced[tp] = offset
         self._stored.clear()
         self._reader.forget(list(self._reader.pending_offsets))
         self._next_store_check = 0.0
-        self._reader.wait_in_group(
-            wait, lambda: self._stopping.is_set() or (stop is not None and stop.is_set())
-        )
 
     def _watch_store(self) -> None:
         """Follow the store's offsets: resync what was unknown or moved under us."""
@@ -500,6 +537,7 @@ class ProjectionRunner:
         """Continue each partition from the offset its read model holds: seek there,
         move the group's committed offset there and announce it as a rewind."""
         partitions = list(believed)
+        self._moved.update(partitions)
         if stored is None:
             stored = self._store.applied_offsets(self.projection.name, partitions)
         self._reader.rewind({tp: stored.get(tp, FROM_BEGINNING) for tp in partitions})
@@ -537,10 +575,30 @@ class ProjectionRunner:
     def run_once(self) -> int:
         """One poll-apply-store-commit cycle; returns how many events were applied.
 
-        Raises ConnectorError when a backend fails (:meth:`run` waits it out).
+        Raises ConnectorError when a backend fails (:meth:`run` waits it out); the
+        next call then starts from the offsets the store holds.
         """
-        self._watch_store()
-        events = self._reader.poll(self._max_batch, self._poll_timeout)
+        try:
+            return self._run_cycle()
+        except ConnectorError:
+            self._distrust_progress()
+            raise
+
+    def _run_cycle(self) -> int:
+        if self._in_flight is None:
+            self._watch_store()
+        self._moved.clear()
+        # With a step in flight, take only what is already fetched (no wait): when
+        # the backlog ends, the step's commit and announcement are not held back.
+        timeout = 0.0 if self._in_flight is not None else self._poll_timeout
+        events = self._reader.poll(self._max_batch, timeout)
+        if self._in_flight is not None:
+            # The previous batch's store step ran while this one was read: take its
+            # answer (commit, announce), then see whether offsets moved meanwhile.
+            self._land()
+            self._watch_store()
+        if self._moved:  # read from where this runner was, not from where the store is
+            events = [e for e in events if e.position.topic_partition not in self._moved]
         polled = {
             tp: offset
             for tp, offset in self._reader.next_offsets(self._stored).items()
@@ -564,7 +622,10 @@ class ProjectionRunner:
             applied += self._expire(batch, polled)
         if polled:
             self._order.flush(batch)
-            self._store_batch(batch, polled)
+            # A full batch: more is waiting, so read it while the store works; the
+            # answer is taken after that poll, before anything of it is applied.
+            later = len(events) >= self._max_batch and self._resolver is None
+            self._store_batch(batch, polled, later=later)
         self._reader.forget([tp for tp in self._reader.pending_offsets if tp not in polled])
         self._commit_uncommitted()
         return applied
@@ -893,12 +954,44 @@ class ProjectionRunner:
         )
         return False
 
-    def _store_batch(self, batch: ReadModelBatch, offsets: Mapping[TopicPartition, int]) -> None:
+    def _store_batch(
+        self, batch: ReadModelBatch, offsets: Mapping[TopicPartition, int], *, later: bool = False
+    ) -> None:
         """The batch's changes and offsets in one conditional store step (raises
-        ConnectorError on failure: the cycle is then retried from the store)."""
+        ConnectorError on failure: the cycle is then retried from the store).
+        ``later``: sent now, its answer taken by :meth:`_land` after the next poll."""
         expected = {tp: self._stored.get(tp) for tp in offsets}
-        ok = self._store.apply(self.projection.name, batch.net_changes(), expected, offsets)
         self.stats.batches += 1
+        if later:
+            pending = self._store.apply_later(
+                self.projection.name, batch.net_changes(), expected, offsets
+            )
+            self._in_flight = _InFlight(pending, expected, dict(offsets))
+            return
+        ok = self._store.apply(self.projection.name, batch.net_changes(), expected, offsets)
+        self._stored_or_resync(ok, expected, offsets)
+
+    def flush(self) -> None:
+        """Finish the store step in flight, if any (its commit and announcement too):
+        afterwards everything applied is stored. ``run`` and ``close`` do it themselves;
+        a caller of :meth:`run_once` that needs that point calls it."""
+        self._land()
+
+    def _land(self) -> None:
+        """Take the answer of the store step in flight (if any), then commit and announce."""
+        flight, self._in_flight = self._in_flight, None
+        if flight is None:
+            return
+        ok = flight.pending.result()
+        self._stored_or_resync(ok, flight.expected, flight.offsets)
+        self._commit_uncommitted()
+
+    def _stored_or_resync(
+        self,
+        ok: bool,
+        expected: Mapping[TopicPartition, int | None],
+        offsets: Mapping[TopicPartition, int],
+    ) -> None:
         if not ok:
             # The stored offsets are not the ones this runner last saw: another
             # member wrote them, or the model lost writes or was reset. Nothing
@@ -942,6 +1035,10 @@ class ProjectionRunner:
             log.warning("%s: position notification failed: %s", self.projection.name, exc)
 
     def close(self) -> None:
-        """Commit what is stored, then leave the group."""
+        """Finish the store step in flight, commit what is stored, leave the group."""
+        try:
+            self._land()
+        except ConnectorError as exc:  # the stored offsets say where the next owner starts
+            log.warning("%s: store step in flight at close failed: %s", self.projection.name, exc)
         self._commit_uncommitted()
         self._reader.close()

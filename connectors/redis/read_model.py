@@ -28,7 +28,7 @@ appear in it.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -37,7 +37,7 @@ import redis
 from connectors.redis.errors import map_exceptions
 from connectors.redis.settings import RedisSettings
 from toolkit.errors import StoreError
-from toolkit.ports import ReadModelChange
+from toolkit.ports import PendingApply, ReadModelChange
 from toolkit.positions import TopicPartition
 
 __all__ = ["APPLY_CHANGES_LUA", "RedisReadModelStore", "encode_changes"]
@@ -189,6 +189,41 @@ class RedisReadModelStore:
         expected: Mapping[TopicPartition, int | None],
         offsets: Mapping[TopicPartition, int],
     ) -> bool:
+        keys, args = self._apply_request(projection, changes, expected, offsets)
+        with self._errors("batch write", projection):
+            result = self._apply_script(keys=keys, args=args)
+        return self._applied(projection, result)
+
+    def apply_later(
+        self,
+        projection: str,
+        changes: Sequence[ReadModelChange],
+        expected: Mapping[TopicPartition, int | None],
+        offsets: Mapping[TopicPartition, int],
+    ) -> PendingApply:
+        keys, args = self._apply_request(projection, changes, expected, offsets)
+        pool = self._redis.connection_pool
+        with self._errors("batch write", projection):
+            # A connection of its own until the answer is read: other calls meanwhile
+            # (offset checks, reads) use the pool's other connections.
+            connection: Any = pool.get_connection()
+            try:
+                connection.send_command("EVALSHA", self._apply_script.sha, len(keys), *keys, *args)
+            except BaseException:
+                connection.disconnect()
+                pool.release(connection)
+                raise
+        return _PendingRedisApply(
+            self, projection, connection, lambda: self.apply(projection, changes, expected, offsets)
+        )
+
+    def _apply_request(
+        self,
+        projection: str,
+        changes: Sequence[ReadModelChange],
+        expected: Mapping[TopicPartition, int | None],
+        offsets: Mapping[TopicPartition, int],
+    ) -> tuple[list[str], list[str]]:
         keys = [self._offsets_key(projection)]
         ops, documents = encode_changes(self._prefix(projection), changes, keys)
         request = {
@@ -197,10 +232,9 @@ class RedisReadModelStore:
             "offsets": {_field(tp): o for tp, o in offsets.items()},
             "ops": ops,
         }
-        with self._errors("batch write", projection):
-            result = self._apply_script(
-                keys=keys, args=[json.dumps(request, separators=(",", ":")), documents]
-            )
+        return keys, [json.dumps(request, separators=(",", ":")), documents]
+
+    def _applied(self, projection: str, result: Any) -> bool:
         if result and int(result[0]) == 2:
             raise self._resetting(projection)
         return bool(result and int(result[0]) == 1)
@@ -235,6 +269,48 @@ class RedisReadModelStore:
 
     def close(self) -> None:
         self._redis.close()
+
+
+class _PendingRedisApply:
+    """An EVALSHA of the apply script sent on its own connection, its answer unread."""
+
+    def __init__(
+        self,
+        store: RedisReadModelStore,
+        projection: str,
+        connection: Any,
+        again: Callable[[], bool],
+    ) -> None:
+        self._store = store
+        self._projection = projection
+        self._connection: Any = connection
+        self._again = again
+
+    def result(self) -> bool:
+        connection, self._connection = self._connection, None
+        if connection is None:
+            raise RuntimeError("the answer of this store step was already taken")
+        pool = self._store._redis.connection_pool
+        try:
+            with self._store._errors("batch write", self._projection):
+                try:
+                    result = connection.read_response()
+                except redis.exceptions.NoScriptError:
+                    result = None  # not run (script cache flushed): apply loads it again
+        except BaseException:
+            connection.disconnect()  # the answer's state on the socket is unknown
+            raise
+        finally:
+            pool.release(connection)
+        if result is None:
+            return self._again()
+        return self._store._applied(self._projection, result)
+
+    def abandon(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.disconnect()
+            self._store._redis.connection_pool.release(connection)
 
 
 def encode_changes(

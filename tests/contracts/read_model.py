@@ -106,6 +106,27 @@ class CheckpointedReadModelStoreContract(ReadModelStoreContract):
         found["items"].append(2)
         assert store.get(name, "k") == {"items": [1]}
 
+    def test_apply_later_is_apply_answered_when_asked(self) -> None:
+        store, name = self.make_store(), unique("p")
+        pending = store.apply_later(
+            name, [put("k", {"n": 1}), increment("t", "n", 2)], {}, {TP0: 5}
+        )
+        assert pending.result() is True
+        assert store.get(name, "k") == {"n": 1} and store.counters(name, "t") == {"n": 2}
+        assert store.applied_offsets(name, [TP0]) == {TP0: 5}
+        with pytest.raises(RuntimeError):
+            pending.result()
+        # Expected offsets no longer stored: refused, nothing written.
+        stale = store.apply_later(name, [put("k", {"n": 2})], {TP0: None}, {TP0: 9})
+        assert stale.result() is False
+        assert store.get(name, "k") == {"n": 1}
+        assert store.applied_offsets(name, [TP0]) == {TP0: 5}
+        # Given up on: whether it ran is for the stored offsets to say.
+        gone = store.apply_later(name, [put("k", {"n": 3})], {TP0: 5}, {TP0: 7})
+        gone.abandon()
+        after = store.applied_offsets(name, [TP0])[TP0]
+        assert (after, store.get(name, "k")) in [(5, {"n": 1}), (7, {"n": 3})]
+
     def test_get_many_reads_several_documents_and_leaves_out_the_absent(self) -> None:
         store, name = self.make_store(), unique("p")
         changes = [put("a", {"n": 1}), put("b", {"items": [1]}), put("c", {"n": 3})]

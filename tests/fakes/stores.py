@@ -6,14 +6,30 @@ from __future__ import annotations
 import json
 import threading
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from toolkit.errors import StoreError
-from toolkit.ports import ReadModelChange, StepRecord, StepRecordResult
+from toolkit.ports import PendingApply, ReadModelChange, StepRecord, StepRecordResult
 from toolkit.positions import TopicPartition
 
 __all__ = ["FlakyReadModelStore", "InMemoryReadModelStore", "InMemorySagaStepStore"]
+
+
+class Deferred:
+    """A store step run when its answer is taken (or never, when abandoned)."""
+
+    def __init__(self, step: Callable[[], bool]) -> None:
+        self._step: Callable[[], bool] | None = step
+
+    def result(self) -> bool:
+        step, self._step = self._step, None
+        if step is None:
+            raise RuntimeError("the answer of this store step was already taken")
+        return step()
+
+    def abandon(self) -> None:
+        self._step = None
 
 
 class InMemoryReadModelStore:
@@ -66,6 +82,18 @@ class InMemoryReadModelStore:
                 counters[change.field] = counters.get(change.field, 0) + change.amount
         stored.update(offsets)
         return True
+
+    def apply_later(
+        self,
+        projection: str,
+        changes: Sequence[ReadModelChange],
+        expected: Mapping[TopicPartition, int | None],
+        offsets: Mapping[TopicPartition, int],
+    ) -> PendingApply:
+        # Applied only when the answer is taken: the latest a real store may run it,
+        # so a caller reading before result() sees the old state, as it could.
+        changes, expected, offsets = list(changes), dict(expected), dict(offsets)
+        return Deferred(lambda: self.apply(projection, changes, expected, offsets))
 
     def dump(self, projection: str) -> dict[str, Any]:
         out: dict[str, Any] = {}

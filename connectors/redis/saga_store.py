@@ -105,6 +105,7 @@ return {1}
 """
 )
 
+
 def _canonical(document: Mapping[str, Any]) -> str:
     """A document as the read model stores it (ASCII JSON, sorted keys, no spaces)."""
     return json.dumps(document, separators=(",", ":"), sort_keys=True)

@@ -47,6 +47,8 @@ FULL = {
     "saga_in_flight": 2000,
     "trace_events": 20_000,
     "trace_writes": 500,
+    "trace_reps": 5,
+    "throughput_reps": 3,
     "sidecar_writes": 1000,
     "sidecar_bulk": 20_000,
     "durability_records": 6000,
@@ -62,6 +64,8 @@ QUICK = {
     "saga_in_flight": 600,
     "trace_events": 3_000,
     "trace_writes": 60,
+    "trace_reps": 2,
+    "throughput_reps": 1,
     "sidecar_writes": 150,
     "sidecar_bulk": 5_000,
     "durability_records": 600,
@@ -97,7 +101,9 @@ def _sections(
         ),
         "monitor": lambda: monitor_section(run_monitor(ep, 10 if quick else 30, say)),
         "tracing": lambda: tracing_section(
-            run_tracing(ep, sizes["trace_events"], sizes["trace_writes"], say)
+            run_tracing(
+                ep, sizes["trace_events"], sizes["trace_writes"], say, reps=sizes["trace_reps"]
+            )
         ),
         "sidecar": lambda: sidecar_section(
             run_sidecar_bench(ep, sizes["sidecar_writes"], sizes["sidecar_bulk"], say)
@@ -149,39 +155,14 @@ def main(argv: list[str] | None = None) -> int:
         events=sizes["events"],
         # Quick: one max_batch (the 500), so the smoke test stays under a minute.
         batches=(500,) if quick else (500, 2000),
+        reps=sizes["throughput_reps"],
         profile=args.profile,
         progress=console.print,
     )
-    console.print(f"[bold]strong vs eventual[/] ({sizes['boundary_ops']} rounds)")
-    sections = [
-        boundary_section(run_boundary(ep, ops=sizes["boundary_ops"], progress=console.print))
-    ]
-    console.print(f"[bold]conflict resolver[/] ({sizes['decisions']:,} decisions per strategy)")
-    sections.append(conflicts_section(run_conflicts(sizes["decisions"], console.print)))
-    console.print(f"[bold]sagas[/] ({sizes['sagas']:,} OrderFulfillment sagas per phase)")
-    sections.append(
-        sagas_section(
-            run_sagas(ep, sizes["sagas"], console.print, in_flight=sizes["saga_in_flight"])
-        )
-    )
-    console.print(f"[bold]step records[/] ({sizes['durability_records']:,} per durability)")
-    sections.append(
-        durability_section(run_durability(ep, sizes["durability_records"], console.print))
-    )
-    console.print("[bold]monitor[/] (one check over 100 / 300 / 1,000 partitions; scrapes)")
-    sections.append(monitor_section(run_monitor(ep, 10 if quick else 30, console.print)))
-    console.print("[bold]tracing cost[/] (off, 100 % and 1 % sampling)")
-    sections.append(
-        tracing_section(
-            run_tracing(ep, sizes["trace_events"], sizes["trace_writes"], console.print)
-        )
-    )
-    console.print(f"[bold]sidecar[/] ({sizes['sidecar_writes']} rounds, HTTP vs in-process)")
-    sections.append(
-        sidecar_section(
-            run_sidecar_bench(ep, sizes["sidecar_writes"], sizes["sidecar_bulk"], console.print)
-        )
-    )
+    sections: list[Section] = []
+    for name, measure in _sections(ep, sizes, quick, console).items():
+        console.print(f"[bold]{name}[/]")
+        sections.append(measure())
     wall = time.perf_counter() - started
 
     print_report(console, facts, lat, tp, sections)

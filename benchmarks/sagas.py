@@ -1,6 +1,7 @@
 """Saga throughput and latency, next to the raw Kafka cost of the same messages.
 
-``python -m benchmarks.sagas [--sagas N] [--rate R] [--in-flight C] [--profile DIR]``
+``python -m benchmarks.sagas [--sagas N] [--rate R] [--in-flight C] [--profile DIR]
+[--retry-backoff-ms N] [--txn-probe]``
 
 Both variants start sagas the same way: **in batches, one Kafka transaction per
 batch** (``SagaClient.start_many`` for kct), holding every saga that is due
@@ -45,12 +46,28 @@ measured phases per variant, after a warm-up:
 
 ``--profile DIR`` runs every kct service thread under cProfile and writes
 ``DIR/<role>.prof`` (slower than real: use it for shares, not rates).
+
+Per hop (open loop): for kct, from each saga's state document
+(``started_at_ms``, each step's ``execute_done_ms``: stamped when its
+participant decided it, before that participant's transaction) and the driver's
+due time and the moment it saw ``COMPLETED``; for the baseline, the moments
+the driver's own read_committed consumer saw ``started`` and each hop's reply.
+The participants' ``stats`` (printed when run alone) hold their committed
+polls and the time spent deciding and in the transaction.
+
+Transactional producers use librdkafka's ``retry.backoff.ms`` (100 ms), as kct
+does; ``--retry-backoff-ms N`` sets another for both variants (kct: every
+client, through ``kafka.extra``). ``--txn-probe`` only times back-to-back
+transactions per ``retry.backoff.ms``: a transaction begun while the
+coordinator still completes the previous commit is answered
+CONCURRENT_TRANSACTIONS and retried after ``retry.backoff.ms``.
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import dataclasses
 import multiprocessing as mp
 import os
 import queue
@@ -58,7 +75,8 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections import defaultdict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Event
@@ -97,6 +115,9 @@ SHARE_TARGET = 0.8  # of the raw baseline's max throughput
 P99_TARGET_MS = 250.0  # open loop
 OFFERED = 500.0  # sagas/s offered in the open-loop phase
 CHECKED = 500  # the kct driver looks at the oldest this many sagas in flight (at least)
+# --retry-backoff-ms, passed to the child processes (spawned) through their environment
+RETRY_BACKOFF_ENV = "KCT_BENCH_SAGA_RETRY_BACKOFF_MS"
+LIBRDKAFKA_RETRY_BACKOFF_MS = 100  # librdkafka's default retry.backoff.ms
 
 
 @dataclass(frozen=True)
@@ -125,6 +146,8 @@ class SagasResult:
     baseline_open: Phase
     docs: Summary  # SagaStarted -> last reply in the state documents, open loop
     detail: dict[str, Any] = field(default_factory=dict)
+    # open loop, per variant: hop label -> latency of that hop (see _kct_hops, _raw_hops)
+    hops: dict[str, dict[str, Summary]] = field(default_factory=dict)
 
     headers = (
         "variant",
@@ -241,7 +264,7 @@ def saga_services(
     profile_dir: str | None = None,
 ) -> None:
     """Participants and/or the saga-state projection (``"state"``) of a Shop, until ``stop``."""
-    kct = make_kct(bootstrap, redis_url, f"saga-{'-'.join(roles)}")
+    kct = _saga_kct(bootstrap, redis_url, f"saga-{'-'.join(roles)}")
     shop = Shop(run_id=run_id)
     members: dict[str, Any] = {}
     for role in roles:
@@ -276,6 +299,26 @@ def saga_services(
     results.put(stats)
 
 
+def _retry_backoff_ms() -> int:
+    """The transactional producers' ``retry.backoff.ms``: librdkafka's default, as
+    kct's, unless ``--retry-backoff-ms`` set another (for both variants)."""
+    chosen = os.environ.get(RETRY_BACKOFF_ENV)
+    return int(chosen) if chosen else LIBRDKAFKA_RETRY_BACKOFF_MS
+
+
+def _saga_kct(bootstrap: str, redis_url: str, role: str) -> Kct:
+    """``make_kct``; with ``--retry-backoff-ms``, that value in ``kafka.extra`` of
+    every client (as a kct.yaml would set it)."""
+    kct = make_kct(bootstrap, redis_url, role)
+    if not os.environ.get(RETRY_BACKOFF_ENV):
+        return kct
+    settings = kct.settings
+    kct.close()
+    extra = {**settings.kafka.extra, "retry.backoff.ms": _retry_backoff_ms()}
+    kafka = settings.kafka.model_copy(update={"extra": extra})
+    return Kct(dataclasses.replace(settings, kafka=kafka))
+
+
 def _hop_producer(bootstrap: str) -> Producer:
     producer = Producer(
         {
@@ -286,6 +329,7 @@ def _hop_producer(bootstrap: str) -> Producer:
             "enable.idempotence": True,
             "acks": "all",
             "linger.ms": 1,
+            "retry.backoff.ms": _retry_backoff_ms(),  # as kct's (librdkafka's default)
         }
     )
     producer.init_transactions(10)
@@ -363,11 +407,16 @@ class _Phase:
         self.starts: list[float] = []
         self.batches: list[int] = []
         self.most = 0
+        # epoch ms of each unit's due time and of the moment the driver saw it end
+        self.epoch = time.time() - time.perf_counter()
+        self.due_ms: dict[str, float] = {}
+        self.seen_ms: dict[str, float] = {}
 
     def _start(self, units: list[str], due: list[float]) -> None:
         began = time.perf_counter()
         for unit, at in zip(units, due, strict=True):
             self.inflight[unit] = at if at else began
+            self.due_ms[unit] = (self.epoch + self.inflight[unit]) * 1000
         self.driver.start(units)
         self.starts.append((time.perf_counter() - began) * 1000)
         self.batches.append(len(units))
@@ -375,7 +424,9 @@ class _Phase:
 
     def _collect(self, timeout: float) -> None:
         for unit in self.driver.ends(self.inflight, timeout):
-            self.latencies.append((time.perf_counter() - self.inflight.pop(unit)) * 1000)
+            now = time.perf_counter()
+            self.latencies.append((now - self.inflight.pop(unit)) * 1000)
+            self.seen_ms[unit] = (self.epoch + now) * 1000
 
     def closed(self, ids: list[str], in_flight: int) -> tuple[float, int]:
         """Keep ``in_flight`` running; returns (seconds, unfinished)."""
@@ -430,7 +481,11 @@ class Sizes:
         return self.warmup + self.sagas + self.open_sagas
 
 
-def _phases(ids: list[str], sizes: Sizes, driver: _Driver) -> tuple[Phase, Phase]:
+# (epoch ms due, epoch ms the driver saw it end) per unit of the open-loop phase
+Marks = dict[str, tuple[float, float]]
+
+
+def _phases(ids: list[str], sizes: Sizes, driver: _Driver) -> tuple[Phase, Phase, Marks]:
     """Warm-up (not measured), max throughput (closed loop), open loop."""
     warm = ids[: sizes.warmup]
     loaded = ids[sizes.warmup : sizes.warmup + sizes.sagas]
@@ -439,7 +494,51 @@ def _phases(ids: list[str], sizes: Sizes, driver: _Driver) -> tuple[Phase, Phase
     most = _Phase(driver, max(60.0, sizes.sagas / 20))
     fastest = most.result(None, sizes.in_flight, most.closed(loaded, sizes.in_flight))
     steady = _Phase(driver, 30.0)
-    return fastest, steady.result(sizes.rate, 0, steady.open(opened, sizes.rate))
+    result = steady.result(sizes.rate, 0, steady.open(opened, sizes.rate))
+    marks = {u: (steady.due_ms[u], seen) for u, seen in steady.seen_ms.items()}
+    return fastest, result, marks
+
+
+def _kct_hops(docs: Mapping[str, Mapping[str, Any]], marks: Marks) -> dict[str, Summary]:
+    """Open loop, per completed saga: where its time went, from the state document's
+    stamps (``started_at_ms``; each step's ``execute_done_ms``, stamped when the
+    participant decided it, before its transaction commits) and the driver's marks."""
+    hops: dict[str, list[float]] = defaultdict(list)
+    for unit, (due, seen) in marks.items():
+        doc = docs.get(unit)
+        if doc is None or doc["status"] != SagaStatus.COMPLETED.value:
+            continue
+        stamps = [
+            ("due -> SagaStarted stamped (driver)", float(doc["started_at_ms"])),
+            *(
+                (f"-> step {n} {s['name']} decided", float(s["execute_done_ms"]))
+                for n, s in enumerate(doc["steps"], 1)
+            ),
+            ("-> driver sees COMPLETED", seen),
+        ]
+        before = due
+        for label, at in stamps:
+            hops[label].append(at - before)
+            before = at
+    return {label: Summary.of(samples) for label, samples in hops.items()}
+
+
+def _raw_hops(visible: Mapping[str, list[float]], marks: Marks) -> dict[str, Summary]:
+    """Open loop, per chain: when the driver's own read_committed consumer saw
+    ``started`` and each hop's reply (epoch ms), from the due time."""
+    hops: dict[str, list[float]] = defaultdict(list)
+    labels = ["due -> started visible (start txn)"] + [
+        f"-> hop {h} reply visible" for h in range(1, HOPS + 1)
+    ]
+    for unit, (due, _) in marks.items():
+        seen = visible.get(unit, [])
+        if len(seen) != len(labels):
+            continue
+        before = due
+        for label, at in zip(labels, seen, strict=True):
+            hops[label].append(at - before)
+            before = at
+    return {label: Summary.of(samples) for label, samples in hops.items()}
 
 
 class _KctDriver:
@@ -496,6 +595,8 @@ class _RawDriver:
         self.consumer.subscribe([topics[HOPS]])
         self.padding = b"x" * VALUE_BYTES
         self.final = f"|r{HOPS}|".encode()
+        # epoch ms at which this read_committed consumer saw each chain's started, r1.. rN
+        self.visible: dict[str, list[float]] = defaultdict(list)
 
     def start(self, units: list[str]) -> None:
         self.producer.begin_transaction()
@@ -508,12 +609,17 @@ class _RawDriver:
 
     def ends(self, inflight: dict[str, float], timeout: float) -> list[str]:
         ended = []
-        for message in _poll(self.consumer, MAX_BATCH, timeout):
+        messages = _poll(self.consumer, MAX_BATCH, timeout)
+        now = time.time() * 1000
+        for message in messages:
             value = message.value()
             if message.error() is None and value is not None:
                 chain, _, rest = value.partition(b"|")
-                if (b"|" + rest).startswith(self.final) and chain.decode() in inflight:
-                    ended.append(chain.decode())
+                unit = chain.decode()
+                if unit in inflight:
+                    self.visible[unit].append(now)
+                    if (b"|" + rest).startswith(self.final):
+                        ended.append(unit)
         return ended
 
     def close(self) -> None:
@@ -539,7 +645,7 @@ def _measure_kct(
     ep: Endpoints, sizes: Sizes, progress: Callable[[str], None], profile_dir: str | None
 ) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
-    kct = make_kct(ep.kafka_bootstrap, ep.redis_url, "saga-driver")
+    kct = _saga_kct(ep.kafka_bootstrap, ep.redis_url, "saga-driver")
     shop = _big_shop()
     shop.prepare(kct, partitions=PARTITIONS)
     stop, results = ctx.Event(), ctx.Queue()
@@ -570,7 +676,7 @@ def _measure_kct(
             f"  kct: {sizes.warmup} warm-up, {sizes.sagas} at {sizes.in_flight} in flight, "
             f"{sizes.open_sagas} at {sizes.rate:,.0f}/s"
         )
-        fastest, steady = _phases(ids, sizes, driver)
+        fastest, steady, marks = _phases(ids, sizes, driver)
         docs = driver.documents(ids)
         problems = shop.invariants(kct, docs)
     finally:
@@ -589,6 +695,7 @@ def _measure_kct(
         "max": fastest,
         "open": steady,
         "docs": Summary.of([float(d["updated_at_ms"] - d["started_at_ms"]) for d in opened]),
+        "hops": _kct_hops(docs, marks),
         "detail": {
             "sagas_total": len(ids),
             "completed": completed,
@@ -600,7 +707,7 @@ def _measure_kct(
 
 def _measure_baseline(
     ep: Endpoints, sizes: Sizes, progress: Callable[[str], None]
-) -> tuple[Phase, Phase]:
+) -> tuple[Phase, Phase, dict[str, Summary]]:
     ctx = mp.get_context("spawn")
     kct = make_kct(ep.kafka_bootstrap, ep.redis_url, "saga-raw")
     topics = [unique(f"rawsaga.cmd{h}") for h in range(1, HOPS + 1)] + [unique("rawsaga.replies")]
@@ -626,7 +733,8 @@ def _measure_baseline(
     try:
         ids = [f"c{n}-{uuid.uuid4().hex[:6]}" for n in range(sizes.total)]
         progress("  baseline: the same phases with raw chains")
-        return _phases(ids, sizes, driver)
+        fastest, steady, marks = _phases(ids, sizes, driver)
+        return fastest, steady, _raw_hops(driver.visible, marks)
     finally:
         stop.set()
         for _ in children:
@@ -658,7 +766,7 @@ def run_sagas(
         open_sagas=open_sagas if open_sagas is not None else sagas,
     )
     kct = _measure_kct(ep, sizes, progress, profile_dir)
-    baseline_max, baseline_open = _measure_baseline(ep, sizes, progress)
+    baseline_max, baseline_open, raw_hops = _measure_baseline(ep, sizes, progress)
     return SagasResult(
         sagas=sagas,
         kct_max=kct["max"],
@@ -667,6 +775,7 @@ def run_sagas(
         baseline_open=baseline_open,
         docs=kct["docs"],
         detail=kct["detail"],
+        hops={"kct": kct["hops"], "baseline": raw_hops},
     )
 
 
@@ -708,9 +817,64 @@ def sagas_section(result: SagasResult) -> Section:
             "Avro, no Redis. In the max phase the driver thread spent "
             f"{km.busy:.0%} (kct) and {bm.busy:.0%} (baseline) of the time in start calls. "
             f"{detail.get('completed', '?')} of {detail.get('sagas_total', '?')} kct sagas "
-            f"completed; stock and money invariants {check}. {verdicts}"
+            f"completed; stock and money invariants {check}. Both variants' transactional "
+            f"producers use `retry.backoff.ms={_retry_backoff_ms()}`. "
+            f"{_hops_note(result)}{verdicts}"
         ),
     )
+
+
+def _hops_note(result: SagasResult) -> str:
+    """Open loop, per hop, p50 / p99 ms (see ``_kct_hops`` and ``_raw_hops``)."""
+    parts = []
+    for variant, hops in result.hops.items():
+        shown = "; ".join(f"{label} {h.p50:.0f} / {h.p99:.0f}" for label, h in hops.items())
+        parts.append(f"{variant}: {shown}")
+    return f"Open loop per hop, p50 / p99 ms: {'. '.join(parts)}. " if parts else ""
+
+
+def probe_back_to_back(
+    ep: Endpoints, backoffs: tuple[int, ...] = (100, 10, 5, 2), transactions: int = 200
+) -> dict[int, tuple[Summary, Summary]]:
+    """Back-to-back transactions (20 records, the offsets of a group, commit; the next
+    begins at once), as a busy participant or hop runs them, per ``retry.backoff.ms``:
+    (send_offsets_to_transaction, whole transaction) latencies. While the coordinator
+    still writes the last commit's markers it answers CONCURRENT_TRANSACTIONS and the
+    client retries after ``retry.backoff.ms``."""
+    kct = make_kct(ep.kafka_bootstrap, ep.redis_url, "saga-probe")
+    topics = [unique("txnprobe.out"), unique("txnprobe.src")]
+    create_topics(kct, *topics)
+    source = Consumer(raw_consumer_config(ep.kafka_bootstrap, topics[1]))
+    source.subscribe([topics[1]])
+    deadline = time.monotonic() + 30
+    while not source.assignment() and time.monotonic() < deadline:
+        source.poll(0.1)
+    found: dict[int, tuple[Summary, Summary]] = {}
+    try:
+        for backoff in backoffs:
+            os.environ[RETRY_BACKOFF_ENV] = str(backoff)
+            producer = _hop_producer(ep.kafka_bootstrap)
+            offsets_ms, whole_ms = [], []
+            for n in range(transactions):
+                began = time.perf_counter()
+                producer.begin_transaction()
+                for j in range(20):
+                    producer.produce(topics[0], b"x" * VALUE_BYTES, partition=j % PARTITIONS)
+                produced = time.perf_counter()
+                wanted = [KafkaTopicPartition(topics[1], p, n) for p in range(PARTITIONS)]
+                producer.send_offsets_to_transaction(wanted, source.consumer_group_metadata(), 10)
+                offsets_ms.append((time.perf_counter() - produced) * 1000)
+                producer.commit_transaction(10)
+                whole_ms.append((time.perf_counter() - began) * 1000)
+            producer.flush(5)
+            skip = transactions // 10  # warm-up
+            found[backoff] = (Summary.of(offsets_ms[skip:]), Summary.of(whole_ms[skip:]))
+    finally:
+        os.environ.pop(RETRY_BACKOFF_ENV, None)
+        source.close()
+        delete_topics(kct, *topics)
+        kct.close()
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -724,7 +888,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=OFFERED, help="open loop: sagas/s offered")
     parser.add_argument("--open-sagas", type=int, default=None, help="open loop: sagas")
     parser.add_argument("--profile", metavar="DIR", help="cProfile the kct services into DIR")
+    parser.add_argument(
+        "--retry-backoff-ms",
+        type=int,
+        help="transactional producers' retry.backoff.ms, kct (kafka.extra) and baseline alike "
+        "(default: librdkafka's, 100)",
+    )
+    parser.add_argument(
+        "--txn-probe",
+        action="store_true",
+        help="only time back-to-back transactions per retry.backoff.ms (100, 10, 5, 2)",
+    )
     args = parser.parse_args(argv)
+    if args.txn_probe:
+        for backoff, (offsets, whole) in probe_back_to_back(endpoints()).items():
+            print(
+                f"retry.backoff.ms={backoff:>3}: send_offsets p50 {offsets.p50:6.1f} "
+                f"p99 {offsets.p99:6.1f} ms; transaction p50 {whole.p50:6.1f} "
+                f"p99 {whole.p99:6.1f} ms ({whole.count} back-to-back)"
+            )
+        return 0
+    if args.retry_backoff_ms is not None:
+        os.environ[RETRY_BACKOFF_ENV] = str(args.retry_backoff_ms)
     console = Console(width=None if sys.stdout.isatty() else 160)
     console.print(f"[bold]sagas[/] ({args.sagas} in the max phase, {args.rate:g}/s open loop)")
     started = time.perf_counter()
@@ -742,6 +927,12 @@ def main(argv: list[str] | None = None) -> int:
     section = sagas_section(result)
     console.print(_table(section.title, section.head, section.rows))
     console.print(section.notes)
+    for variant, hops in result.hops.items():
+        console.print(f"open loop, {variant}, per hop (ms): p50 / p95 / p99 / mean")
+        for label, h in hops.items():
+            console.print(f"  {label:<40} {h.p50:7.1f} {h.p95:7.1f} {h.p99:7.1f} {h.mean:7.1f}")
+    for role, stats in enumerate(result.detail.get("services", [])):
+        console.print(f"service {role}: {stats}")
     console.print(f"wall time: {time.perf_counter() - started:.0f} s")
     return 0
 

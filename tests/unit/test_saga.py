@@ -569,6 +569,16 @@ def test_a_saga_completes_and_a_declined_one_is_compensated() -> None:
     assert inventory.stats["executed"] == 2 and inventory.stats["compensated"] == 1
 
 
+def test_participants_count_their_committed_polls_and_time_them() -> None:
+    shop = Shop()
+    shop.start(1)
+    shop.settle()
+    order = shop.participants["order"]
+    assert order.stats["polls"] == 1 and order.stats["commands"] == 1
+    assert order.stats["decide_us"] >= 0 and order.stats["transaction_us"] >= 0
+    assert order.run_once() == 0 and order.stats["polls"] == 1  # an empty poll is not one
+
+
 def test_a_redelivered_command_republishes_and_does_not_act_again() -> None:
     shop = Shop()
     saga_id = shop.start(1)

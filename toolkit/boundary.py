@@ -21,10 +21,11 @@ runs ``operation(context)``; the operation reads what it needs and calls
   3. run the operation, then write its events in one Kafka transaction,
      each carrying the fence header;
   4. confirm the lock is still held (waiting briefly while the ZooKeeper
-     connection is suspended) right before committing; otherwise abort and
-     raise ``LockLost``: nothing is published;
+     connection is suspended) before committing, asked while the records are
+     being acknowledged; otherwise abort and raise ``LockLost``: nothing is
+     published;
   5. commit, wait until every configured projection has applied the
-     events, release the lock.
+     events (the events are indexed by id meanwhile), release the lock.
 
 Projections keep the highest fence applied per aggregate and reject older
 ones (see :mod:`toolkit.projection`), which stops writers that bypass or race
@@ -47,6 +48,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_all
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
@@ -54,7 +57,13 @@ from toolkit.consistency import EventualConsistencyManager
 from toolkit.envelope import Envelope
 from toolkit.errors import ConfigurationError, ConsistencyError, ConsistencyTimeout, LockLost
 from toolkit.interceptors import Interceptor, OperationInfo, StrongPhase
-from toolkit.ports import LockLease, LockService, OffsetSource, TransactionalProducer
+from toolkit.ports import (
+    LockLease,
+    LockService,
+    OffsetSource,
+    RecordTransaction,
+    TransactionalProducer,
+)
 from toolkit.positions import ConsistencyToken, Position
 from toolkit.publisher import EventPublisher, PublishedEvent
 
@@ -157,6 +166,10 @@ class ConsistencyBoundary:
         # Test hook: runs after the events are in the open transaction and
         # before the lock check and the commit.
         self._before_commit = before_commit
+        # Runs the lock check while the records are acknowledged, and records
+        # committed events by id while the caller waits for the projections
+        # (helper threads, started on first use).
+        self._indexer: ThreadPoolExecutor | None = None
 
     def topic_for(self, aggregate_type: str) -> str:
         try:
@@ -298,8 +311,13 @@ class ConsistencyBoundary:
             )
         timings["commit"], mark = time.perf_counter() - mark, time.perf_counter()
         token = EventPublisher.token_of(published)
-        if published and projections:
-            self._wait_committed(token, projections, timeout, aggregate)
+        indexed = self._index(published)
+        try:
+            if published and projections:
+                self._wait_committed(token, projections, timeout, aggregate)
+        finally:
+            if indexed is not None:
+                indexed.result()  # index() never raises; done before enforce returns
         timings["wait"] = time.perf_counter() - mark
         return BoundaryResult(
             value, tuple(published), token, strong=True, fence=fence, timings=timings
@@ -311,12 +329,8 @@ class ConsistencyBoundary:
         """Write the operation's events in one transaction; commit only if the lock is held."""
         assert self._transactions is not None
         with self._transactions.begin() as transaction:
-            published = self._publisher.publish_in(
-                transaction, topic, context.events, fence=lease.fence
-            )
-            if self._before_commit is not None:
-                self._before_commit(context)
-            if not lease.is_held(timeout=self._suspended_grace):
+            published, held = self._write_and_check(context, lease, transaction, topic)
+            if not held:
                 raise LockLost(
                     "lock lost before commit; the transaction was aborted and "
                     "nothing was published",
@@ -324,8 +338,54 @@ class ConsistencyBoundary:
                     fence=lease.fence,
                 )
             transaction.commit()
-        self._publisher.index(published)
         return published
+
+    def _write_and_check(
+        self,
+        context: OperationContext,
+        lease: LockLease,
+        transaction: RecordTransaction,
+        topic: str,
+    ) -> tuple[list[PublishedEvent], bool]:
+        """Write the events into the transaction and ask whether the lock is held.
+
+        The lock check (a ZooKeeper round trip) runs on a helper thread while
+        the records are acknowledged, instead of after: its answer is at most
+        one produce older, and the commit still waits for it. The check only
+        aborts early; what keeps a writer that lost its lock from a lost update
+        is the next holder's barrier (it waits for this transaction, open or
+        not) and the projections' fences, with or without the overlap. With the
+        ``before_commit`` test hook the check runs after the hook, as before.
+        """
+
+        def write() -> list[PublishedEvent]:
+            return self._publisher.publish_in(transaction, topic, context.events, fence=lease.fence)
+
+        if self._before_commit is not None:
+            published = write()
+            self._before_commit(context)
+            return published, lease.is_held(timeout=self._suspended_grace)
+        check = self._helper().submit(lease.is_held, self._suspended_grace)
+        try:
+            published = write()
+        except BaseException:
+            wait_all([check])  # the write's error is the one to report
+            raise
+        return published, check.result()
+
+    def _helper(self) -> ThreadPoolExecutor:
+        if self._indexer is None:
+            # A few threads: one operation's index may overlap the next one's check.
+            self._indexer = ThreadPoolExecutor(4, thread_name_prefix="kct-boundary")
+        return self._indexer
+
+    def _index(self, published: Sequence[PublishedEvent]) -> Future[None] | None:
+        """Record the committed events by id (for waits by event id) on a helper
+        thread, overlapping the wait for the projections (a Redis round trip
+        saved); the caller joins it before returning."""
+        if not published:
+            return None
+        return self._helper().submit(self._publisher.index, published)
 
     def _barrier(
         self, topic: str, projections: Sequence[str], timeout: float, aggregate: str

@@ -348,8 +348,8 @@ def test_digest_auth_protects_lock_nodes(
     assert PASSWORD not in str(caught.value)
 
     assert lease.is_held()
-    lease.release()
-    assert admin.exists(lease.node_path) is None
+    lease.release()  # sent without waiting: another session sees it once applied
+    eventually(lambda: admin.exists(lease.node_path) is None, 5, "released node deleted")
     assert owner.acquire("order-5", timeout=2).fence > lease.fence
 
 
@@ -385,7 +385,10 @@ def test_release_is_idempotent_and_close_releases(
     lease.release()
     lease.release()
     assert not lease.is_held()
-    assert admin.exists(lease.node_path) is None
+    # The delete is sent without waiting: this service's next request comes after it,
+    # another session sees it once ZooKeeper applied it.
+    assert a.client.exists(lease.node_path) is None
+    eventually(lambda: admin.exists(lease.node_path) is None, 5, "released node deleted")
 
     held: list[ZooKeeperLease] = [a.acquire(f"order-{i}", timeout=5) for i in (1, 2)]
     a.close()
@@ -397,3 +400,22 @@ def test_release_is_idempotent_and_close_releases(
     assert [t.fence > h.fence for t, h in zip(taken, held, strict=True)] == [True, True]
     with pytest.raises(CoordinationError):
         a.acquire("order-3", timeout=1)
+
+
+def test_fence_is_the_contender_nodes_czxid_and_release_orders_before_reacquire(
+    make_service: Callable[..., ZooKeeperLockService], admin: KazooClient
+) -> None:
+    """The fence comes from the create's answer (no read after acquiring); it is
+    the node's czxid as the server stores it. A release that did not wait for its
+    answer still comes before the same service's next acquire of the aggregate."""
+    service = make_service()
+    previous = 0
+    for _ in range(5):
+        lease = service.acquire("order-9", timeout=5)
+        stat = admin.exists(lease.node_path)
+        assert stat is not None and stat.czxid == lease.fence > previous
+        assert stat.ephemeralOwner == service.client.client_id[0]
+        previous = lease.fence
+        lease.release()
+        nodes = service.client.get_children(service.lock_path("order-9"))
+        assert nodes == []  # the delete went first, on the same session

@@ -15,6 +15,11 @@ Variants, interleaved round by round on one 3-partition topic read by one
 * ``raw transaction``: confluent-kafka begin/produce/commit of one record,
   the floor of the strong path's Kafka cost.
 
+Target (issue 16): strong p50 at most 3x the eventual p50, both from the same
+interleaved rounds; the section's notes print PASS or FAIL, the strong path's
+mean per phase (``release`` is the rest of the strong operation's time: the
+release and the boundary's own bookkeeping) and the sum of the raw baselines.
+
 Every operation is the same read-modify-write of one balance (read the read
 model, publish the new balance).
 """
@@ -47,7 +52,8 @@ VARIANTS = (
     ("kazoo_lock", "baseline: kazoo Lock acquire+release"),
     ("raw_txn", "baseline: raw Kafka transaction (1 record)"),
 )
-PHASES = ("lock", "barrier", "operation", "commit", "wait")
+PHASES = ("lock", "barrier", "operation", "commit", "wait", "release")
+TARGET_RATIO = 3.0  # issue 16: strong p50 <= 3x eventual p50
 
 
 @dataclass
@@ -71,6 +77,30 @@ class BoundaryResult:
 
     def phase_line(self) -> str:
         return ", ".join(f"{p} {self.phases_ms.get(p, 0):.2f}" for p in PHASES)
+
+    @property
+    def ratio(self) -> float:
+        """Strong p50 over eventual p50 (same rounds)."""
+        eventual = self.summaries["eventual"].p50
+        return self.summaries["strong"].p50 / eventual if eventual else float("inf")
+
+    def verdict(self) -> str:
+        ok = self.ratio <= TARGET_RATIO
+        return (
+            f"**{'PASS' if ok else 'FAIL'}** strong p50 <= {TARGET_RATIO:g}x eventual "
+            f"({self.summaries['strong'].p50:.2f} / {self.summaries['eventual'].p50:.2f} ms "
+            f"= {self.ratio:.2f}x)."
+        )
+
+    def floor_line(self) -> str:
+        """The raw primitives alone: kazoo's lock and a bare Kafka transaction."""
+        raw = self.summaries["kazoo_lock"].p50 + self.summaries["raw_txn"].p50
+        eventual = self.summaries["eventual"].p50
+        return (
+            f"Raw primitives alone (kazoo lock acquire+release p50 + raw transaction p50): "
+            f"{raw:.2f} ms = {raw / eventual if eventual else float('inf'):.2f}x eventual, "
+            "before any barrier or wait."
+        )
 
 
 def _policy(projection: str) -> ConsistencyConfig:
@@ -137,9 +167,13 @@ class _Session:
         getattr(self, key)(n)
 
     def strong(self, n: int) -> None:
+        started = time.perf_counter()
         result = self.boundary.enforce(f"strong-{n % 4}", self.operation, aggregate_type="account")
-        for phase in PHASES:
+        elapsed = time.perf_counter() - started
+        for phase in PHASES[:-1]:
             self.phases[phase] += result.timings.get(phase, 0.0) * 1000
+        # The release and the boundary's own bookkeeping: what the phases leave.
+        self.phases["release"] += (elapsed - sum(result.timings.values())) * 1000
 
     def eventual(self, n: int) -> None:
         self.boundary.enforce(f"eventual-{n % 4}", self.operation, aggregate_type="account")
@@ -219,6 +253,6 @@ def boundary_section(result: BoundaryResult) -> Section:
             "`balances` read model in Redis, publish `BalanceSet`) on a 3-partition topic read "
             "by one ProjectionRunner in its own process. The strong path's mean per phase: "
             f"{result.phase_line()} ms. `eventual + wait` gives reads the guarantee the strong "
-            "path gives, without mutual exclusion."
+            f"path gives, without mutual exclusion. {result.floor_line()} {result.verdict()}"
         ),
     )

@@ -60,8 +60,8 @@ QUICK = {
     "events": 5_000,
     "boundary_ops": 40,
     "decisions": 20_000,
-    "sagas": 600,
-    "saga_in_flight": 600,
+    "sagas": 300,
+    "saga_in_flight": 300,
     "trace_events": 3_000,
     "trace_writes": 60,
     "trace_reps": 2,
@@ -149,20 +149,26 @@ def main(argv: list[str] | None = None) -> int:
         profile=args.profile,
         progress=console.print,
     )
+    console.print(f"  (read-after-write: {time.perf_counter() - started:.0f} s)")
     console.print(f"[bold]projection throughput[/] ({sizes['events']:,} events)")
+    began = time.perf_counter()
     tp = run_throughput(
         ep,
         events=sizes["events"],
         # Quick: one max_batch (the 500), so the smoke test stays under a minute.
         batches=(500,) if quick else (500, 2000),
         reps=sizes["throughput_reps"],
+        diagnostics=not quick,
         profile=args.profile,
         progress=console.print,
     )
+    console.print(f"  (throughput: {time.perf_counter() - began:.0f} s)")
     sections: list[Section] = []
     for name, measure in _sections(ep, sizes, quick, console).items():
         console.print(f"[bold]{name}[/]")
+        began = time.perf_counter()
         sections.append(measure())
+        console.print(f"  ({name}: {time.perf_counter() - began:.0f} s)")
     wall = time.perf_counter() - started
 
     print_report(console, facts, lat, tp, sections)

@@ -166,7 +166,8 @@ def _throughput(
             app = traced_kct(ep.kafka_bootstrap, ep.redis_url, "tp-runner", ratio, otlp)
             tune_gc()  # every run starts from the same collector state (as a sidecar's)
             started, cpu = time.perf_counter(), time.process_time()
-            runner = app.runner(order_stats(unique("trace-tp-group"), [topics[mode]]))
+            group = unique("trace-tp-group")
+            runner = app.runner(order_stats(group, [topics[mode]]))
             deadline = started + 300
             while runner.stats.applied < events and time.perf_counter() < deadline:
                 runner.run_once()
@@ -175,6 +176,7 @@ def _throughput(
             cpu_seconds = time.process_time() - cpu  # every thread of this process
             applied = runner.stats.applied
             runner.close()
+            app.store.reset(group)  # a run's read model is not kept (the stack's Redis stays small)
             app.close()
             done = applied == events
             rates[mode].append(applied / cpu_seconds if done else 0.0)
@@ -247,6 +249,8 @@ def _latency(
             proc.join(timeout=30)
         for app in writers.values():
             app.close()
+        for name in names.values():
+            setup.store.reset(name)
         delete_topics(setup, *topics.values())
         setup.close()
     return {mode: Summary.of(values) for mode, values in samples.items()}

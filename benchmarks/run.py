@@ -45,9 +45,9 @@ FULL = {
     "decisions": 200_000,
     "sagas": 5000,  # per phase: max throughput, then open loop at 500/s (10 s)
     "saga_in_flight": 2000,
-    "trace_events": 20_000,
-    "trace_writes": 500,
-    "trace_reps": 5,
+    "trace_events": 40_000,
+    "trace_writes": 1000,
+    "trace_reps": 7,
     "throughput_reps": 3,
     "sidecar_writes": 1000,
     "sidecar_bulk": 20_000,

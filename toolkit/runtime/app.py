@@ -54,6 +54,7 @@ from toolkit.positions import TopicPartition, is_valid_topic_name
 from toolkit.projection import Projection, ProjectionRunner
 from toolkit.publisher import EventPublisher
 from toolkit.reader import EventReader
+from toolkit.runtime.switch_interval import shorten_switch_interval
 from toolkit.saga.client import SagaClient
 from toolkit.saga.definition import SagaDefinition
 from toolkit.saga.operations import SagaOperator
@@ -168,6 +169,9 @@ class Kct:
         """The tracing interceptor, when ``settings.tracing`` is enabled."""
         if not self.settings.tracing.enabled:
             return None
+        # Its exporter thread encodes spans holding the GIL: keep it from holding
+        # the application's threads for up to 5 ms (see switch_interval).
+        shorten_switch_interval()
         return OpenTelemetryTracingInterceptor.from_settings(self.settings.tracing)
 
     @cached_property

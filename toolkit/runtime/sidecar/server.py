@@ -17,7 +17,6 @@ import asyncio
 import logging
 import signal
 import socket
-import sys
 import threading
 import time
 from collections.abc import Coroutine, Generator
@@ -38,13 +37,11 @@ from toolkit.runtime.gc_tuning import tune_gc
 from toolkit.runtime.sidecar.api import SidecarApi
 from toolkit.runtime.sidecar.host import SidecarHost
 from toolkit.runtime.sidecar.monitoring import SidecarMonitoring
+from toolkit.runtime.switch_interval import shorten_switch_interval
 
 __all__ = ["Sidecar", "run_sidecar"]
 
 log = logging.getLogger(__name__)
-
-
-SWITCH_INTERVAL = 0.0005  # seconds; CPython's default is 0.005
 
 
 def _version() -> str:
@@ -119,9 +116,8 @@ class Sidecar:
         self.host.build()
         tune_gc()  # start-up state built: keep the collector off it (see gc_tuning)
         # The loops' threads hold the GIL while they decode and apply; an API thread
-        # waiting for it would wait up to the switch interval (5 ms by default) per
-        # hand-over: a request's tail latency. 0.5 ms bounds that wait.
-        sys.setswitchinterval(SWITCH_INTERVAL)
+        # would wait up to 5 ms for it per hand-over (see switch_interval).
+        shorten_switch_interval()
         self.host.start()
         self.monitoring.start(self.kct, self.host.loops)
         if self.settings.aggregates or self.host.definitions:

@@ -60,12 +60,17 @@ _TRANSIENT = frozenset(
 )
 
 
+PARTITIONS_TTL = 5.0  # seconds a topic's partition list is trusted
+
+
 class KafkaAdmin:
     """Topic management and offset queries."""
 
     def __init__(self, settings: KafkaSettings, *, timeout: float = 30.0) -> None:
         self._admin = AdminClient(settings.client_config())  # type: ignore[arg-type]
         self._timeout = timeout
+        # topic -> (valid until, partition ids): see partitions()
+        self._known_partitions: dict[str, tuple[float, list[int]]] = {}
         self._replication_factor = settings.replication_factor
         self._min_insync_replicas = settings.min_insync_replicas
 
@@ -87,6 +92,7 @@ class KafkaAdmin:
         wanted = list(dict.fromkeys(names))
         if not wanted:
             return
+        self.forget_partitions(wanted)
         replicas, isr = self._replication(wanted, replication_factor, min_insync_replicas)
         topic_config = {"min.insync.replicas": str(isr), **dict(config or {})}
         futures = self._admin.create_topics(
@@ -163,7 +169,9 @@ class KafkaAdmin:
             delay = min(delay * 2, 0.5)
 
     def delete_topics(self, names: Iterable[str]) -> None:
-        futures = self._admin.delete_topics(list(names), request_timeout=self._timeout)
+        names = list(names)
+        self.forget_partitions(names)
+        futures = self._admin.delete_topics(names, request_timeout=self._timeout)
         self._await_topics(futures, "delete", already_done=KafkaError.UNKNOWN_TOPIC_OR_PART)
 
     def _metadata(self, topic: str | None = None) -> ClusterMetadata:
@@ -182,16 +190,35 @@ class KafkaAdmin:
         return {name for name in metadata.topics if not name.startswith("__")}
 
     def partitions(self, topics: Iterable[str]) -> list[TopicPartition]:
-        """Every partition of the topics; raises AdminError for a topic that does not exist."""
+        """Every partition of the topics; raises AdminError for a topic that does not exist.
+
+        A topic's partitions are remembered for ``PARTITIONS_TTL`` seconds: every
+        barrier and wait asks for them, and the metadata round trip was half a
+        millisecond of each. Partitions are only ever added, and producers
+        themselves learn of new ones only at their own metadata refresh (minutes).
+        """
         found: list[TopicPartition] = []
+        now = time.monotonic()
         for topic in topics:
-            # Ask for this topic only: a whole-cluster metadata request grows
-            # with the number of topics, and waiters call this on every check.
-            described = self._metadata(topic).topics.get(topic)
-            if described is None or described.error is not None:
-                raise AdminError("topic does not exist", topic=topic)
-            found.extend(TopicPartition(topic, p) for p in sorted(described.partitions))
+            known = self._known_partitions.get(topic)
+            if known is None or known[0] < now:
+                # Ask for this topic only: a whole-cluster metadata request grows
+                # with the number of topics.
+                described = self._metadata(topic).topics.get(topic)
+                if described is None or described.error is not None:
+                    self._known_partitions.pop(topic, None)
+                    raise AdminError("topic does not exist", topic=topic)
+                known = (now + PARTITIONS_TTL, sorted(described.partitions))
+                self._known_partitions[topic] = known
+            found.extend(TopicPartition(topic, p) for p in known[1])
         return found
+
+    def forget_partitions(self, topics: Iterable[str] | None = None) -> None:
+        """Ask Kafka again next time (all topics when None): after deleting a topic."""
+        if topics is None:
+            self._known_partitions.clear()
+        for topic in topics or ():
+            self._known_partitions.pop(topic, None)
 
     def _retrying(self, request: Callable[[], _T]) -> _T:
         """Run a request again while Kafka answers with a retriable error

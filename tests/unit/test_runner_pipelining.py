@@ -10,21 +10,18 @@ depends on timing.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
-from connectors.avro import AvroCodec, AvroSchemaRegistry, bundled_schema_dir
-from tests.fakes import FlakyReadModelStore, InMemoryLog, InMemoryPositions
+from tests.fakes import FlakyReadModelStore
 from tests.fakes.stores import Deferred
 from tests.order_stats import order_stats, placed_event
+from tests.unit.test_runner_recovery import CODEC, TP
+from tests.unit.test_runner_recovery import World as RecoveryWorld
 from toolkit.dead_letter import DeadLetterQueue
 from toolkit.errors import ConnectorError
-from toolkit.hlc import HybridLogicalClock
 from toolkit.ports import PendingApply, ReadModelChange
 from toolkit.positions import TopicPartition
 from toolkit.projection import ProjectionRunner
-from toolkit.publisher import EventPublisher
-
-CODEC = AvroCodec(AvroSchemaRegistry.from_directories(bundled_schema_dir()))
-TP = TopicPartition("orders", 0)
 
 
 class RecordingStore(FlakyReadModelStore):
@@ -57,34 +54,20 @@ class RecordingStore(FlakyReadModelStore):
         return Deferred(lambda: FlakyReadModelStore.apply(self, projection, *kept))
 
 
-class World:
+class World(RecoveryWorld):
+    """The recovery tests' world, its store noting steps and its runner's stores noted."""
+
     def __init__(self) -> None:
-        self.log = InMemoryLog()
-        self.store = RecordingStore()
-        self.positions = InMemoryPositions()
-        self.publisher = EventPublisher(self.log, CODEC, HybridLogicalClock("w"))
+        super().__init__()
+        self.store: RecordingStore = RecordingStore()
         self.stored: list[int] = []
 
-    def runner(self, max_batch: int = 3) -> ProjectionRunner:
-        return ProjectionRunner(
-            order_stats("stats", ["orders"]),
-            self.log.consumer("stats"),
-            CODEC,
-            self.store,
-            DeadLetterQueue(self.log, "stats"),
-            notifier=self.positions,
+    def runner(self, max_batch: int = 3, **options: Any) -> ProjectionRunner:
+        return super().runner(
             max_batch=max_batch,
-            store_check_interval=0.0,
-            max_backoff=0.05,
             after_store=lambda offsets: self.stored.append(offsets[TP]),
+            **options,
         )
-
-    def publish(self, count: int, start: int = 0) -> None:
-        for i in range(start, start + count):
-            self.publisher.publish("orders", placed_event(f"o{i}", "c1", 1))
-
-    def counted(self) -> int:
-        return self.store.counters("stats", "totals").get("events", 0)
 
     def committed(self) -> int | None:
         return self.log.committed.get("stats", {}).get(TP)
@@ -97,13 +80,13 @@ def test_full_batches_are_stored_while_the_next_is_read_and_partial_ones_at_once
     assert runner.run_once() == 3
     # Sent, not answered: nothing stored, committed or announced yet.
     assert world.store.steps == ["later"] and world.stored == []
-    assert world.counted() == 0 and world.committed() is None
+    assert world.events_counted() == 0 and world.committed() is None
     assert runner.run_once() == 3  # answered after this poll, before applying it
     assert world.stored == [3] and world.committed() == 3
-    assert world.counted() == 3
+    assert world.events_counted() == 3
     assert runner.run_once() == 1  # a partial batch: nothing more waiting, stored at once
     assert world.store.steps == ["later", "later", "now"]
-    assert world.stored == [3, 6, 7] and world.committed() == 7 and world.counted() == 7
+    assert world.stored == [3, 6, 7] and world.committed() == 7 and world.events_counted() == 7
     assert world.store.get("stats", "order:o6") is not None
 
 
@@ -113,11 +96,11 @@ def test_flush_and_close_finish_the_step_in_flight() -> None:
     runner = world.runner(max_batch=3)
     runner.run_once()
     runner.flush()
-    assert world.stored == [3] and world.committed() == 3 and world.counted() == 3
+    assert world.stored == [3] and world.committed() == 3 and world.events_counted() == 3
     world.publish(3, start=3)
     runner.run_once()
     runner.close()
-    assert world.stored == [3, 6] and world.committed() == 6 and world.counted() == 6
+    assert world.stored == [3, 6] and world.committed() == 6 and world.events_counted() == 6
 
 
 def test_a_step_refused_at_its_answer_discards_what_was_read_meanwhile() -> None:
@@ -131,12 +114,12 @@ def test_a_step_refused_at_its_answer_discards_what_was_read_meanwhile() -> None
     other = world.runner(max_batch=9)  # same group: another member, by the store's account
     other.run_once()  # stores 0-8 itself
     other.flush()
-    assert world.counted() == 9
+    assert world.events_counted() == 9
     assert runner.run_once() == 0  # its step refused; 3-5 read meanwhile, discarded
     for _ in range(5):
         runner.run_once()
     runner.flush()
-    assert world.counted() == 9  # nothing applied twice
+    assert world.events_counted() == 9  # nothing applied twice
     assert runner.stats.ownership_lost >= 1
 
 
@@ -156,7 +139,7 @@ def test_a_step_that_fails_at_its_answer_is_replayed_from_the_store() -> None:
     for _ in range(10):
         runner.run_once()  # no recovery call needed: it starts from the store's offsets
     runner.flush()
-    assert world.counted() == 9 and world.committed() == 9
+    assert world.events_counted() == 9 and world.committed() == 9
 
 
 def test_run_survives_a_store_outage_with_steps_in_flight() -> None:
@@ -179,7 +162,7 @@ def test_run_survives_a_store_outage_with_steps_in_flight() -> None:
         except ConnectorError as exc:
             runner._recover(exc, None)
     runner.flush()
-    assert world.counted() == 30 and world.committed() == 30
+    assert world.events_counted() == 30 and world.committed() == 30
 
 
 def test_a_partition_moved_back_while_read_drops_what_was_read_of_it() -> None:
@@ -215,5 +198,5 @@ def test_a_partition_moved_back_while_read_drops_what_was_read_of_it() -> None:
     for _ in range(5):
         runner.run_once()
     runner.flush()
-    assert world.counted() == 12
+    assert world.events_counted() == 12
     assert runner.stats.store_rewinds == 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import threading
+from typing import Any
 
 from connectors.avro import AvroCodec, AvroSchemaRegistry, bundled_schema_dir
 from tests.fakes import FlakyReadModelStore, InMemoryLog, InMemoryPositions
@@ -34,7 +35,9 @@ class World:
         self.positions = InMemoryPositions()
         self.publisher = EventPublisher(self.log, CODEC, HybridLogicalClock("w"))
 
-    def runner(self) -> ProjectionRunner:
+    def runner(self, **options: Any) -> ProjectionRunner:
+        """The world's runner: its store checked every cycle, short back-offs;
+        ``options``: further ProjectionRunner keywords."""
         return ProjectionRunner(
             order_stats("stats", ["orders"]),
             self.log.consumer("stats"),
@@ -44,6 +47,7 @@ class World:
             notifier=self.positions,
             store_check_interval=0.0,
             max_backoff=0.05,
+            **options,
         )
 
     def publish(self, count: int, start: int = 0) -> None:

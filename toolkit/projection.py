@@ -443,12 +443,7 @@ class ProjectionRunner:
     def _on_revoke(self, partitions: list[TopicPartition]) -> None:
         # Still the owner here: finish the store step in flight, then tell Kafka
         # what the store already has. Runs inside the consumer's poll: no raising.
-        try:
-            self._land()
-        except ConnectorError as exc:  # the next owner starts from the stored offsets
-            log.warning(
-                "%s: store step in flight at revocation failed: %s", self.projection.name, exc
-            )
+        self._flush_quietly("revocation")
         self._commit_uncommitted()
         self._drop(partitions)
         log.info("%s: revoked %s", self.projection.name, partitions)
@@ -595,7 +590,7 @@ class ProjectionRunner:
         if self._in_flight is not None:
             # The previous batch's store step ran while this one was read: take its
             # answer (commit, announce), then see whether offsets moved meanwhile.
-            self._land()
+            self.flush()
             self._watch_store()
         if self._moved:  # read from where this runner was, not from where the store is
             events = [e for e in events if e.position.topic_partition not in self._moved]
@@ -959,7 +954,7 @@ class ProjectionRunner:
     ) -> None:
         """The batch's changes and offsets in one conditional store step (raises
         ConnectorError on failure: the cycle is then retried from the store).
-        ``later``: sent now, its answer taken by :meth:`_land` after the next poll."""
+        ``later``: sent now, its answer taken by :meth:`flush` after the next poll."""
         expected = {tp: self._stored.get(tp) for tp in offsets}
         self.stats.batches += 1
         if later:
@@ -972,19 +967,25 @@ class ProjectionRunner:
         self._stored_or_resync(ok, expected, offsets)
 
     def flush(self) -> None:
-        """Finish the store step in flight, if any (its commit and announcement too):
+        """Finish the store step in flight, if any (take its answer, commit, announce):
         afterwards everything applied is stored. ``run`` and ``close`` do it themselves;
         a caller of :meth:`run_once` that needs that point calls it."""
-        self._land()
-
-    def _land(self) -> None:
-        """Take the answer of the store step in flight (if any), then commit and announce."""
         flight, self._in_flight = self._in_flight, None
         if flight is None:
             return
         ok = flight.pending.result()
         self._stored_or_resync(ok, flight.expected, flight.offsets)
         self._commit_uncommitted()
+
+    def _flush_quietly(self, when: str) -> None:
+        """:meth:`flush` where nothing may raise (a revocation, close): a failed step
+        is only logged, the stored offsets say where the next owner starts."""
+        try:
+            self.flush()
+        except ConnectorError as exc:
+            log.warning(
+                "%s: store step in flight at %s failed: %s", self.projection.name, when, exc
+            )
 
     def _stored_or_resync(
         self,
@@ -1036,9 +1037,6 @@ class ProjectionRunner:
 
     def close(self) -> None:
         """Finish the store step in flight, commit what is stored, leave the group."""
-        try:
-            self._land()
-        except ConnectorError as exc:  # the stored offsets say where the next owner starts
-            log.warning("%s: store step in flight at close failed: %s", self.projection.name, exc)
+        self._flush_quietly("close")
         self._commit_uncommitted()
         self._reader.close()

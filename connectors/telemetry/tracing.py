@@ -283,13 +283,7 @@ class OpenTelemetryTracingInterceptor(Interceptor):
     def process(self, event: ConsumedEvent, consumer: str, proceed: Callable[[], T]) -> T:
         envelope = event.envelope
         traceparent = envelope.traceparent
-        # _unsampled, inlined: this runs once per consumed event.
-        if (
-            traceparent is not None
-            and traceparent[-1] in _EVEN_HEX
-            and len(traceparent) == 55
-            and traceparent[:3] == "00-"
-        ):
+        if _unsampled(traceparent):
             # Not recorded; what the handler starts or publishes becomes its
             # (unsampled) child, so a trace is whole or absent (see _current).
             local = self._unsampled
@@ -327,13 +321,7 @@ class OpenTelemetryTracingInterceptor(Interceptor):
     def observes(self, event: ConsumedEvent) -> bool:
         """Not a message of an unsampled flow: a projection handler of one runs
         without a hook (it starts nothing, so nothing needs its context)."""
-        traceparent = event.envelope.traceparent  # _unsampled, inlined: once per event
-        return (
-            traceparent is None
-            or traceparent[-1] not in _EVEN_HEX
-            or len(traceparent) != 55
-            or traceparent[:3] != "00-"
-        )
+        return not _unsampled(event.envelope.traceparent)
 
     def apply_batch(
         self, projection: str, events: Sequence[ConsumedEvent], proceed: Callable[[], T]

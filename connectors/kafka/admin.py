@@ -92,7 +92,7 @@ class KafkaAdmin:
         wanted = list(dict.fromkeys(names))
         if not wanted:
             return
-        self.forget_partitions(wanted)
+        self._forget_partitions(wanted)
         replicas, isr = self._replication(wanted, replication_factor, min_insync_replicas)
         topic_config = {"min.insync.replicas": str(isr), **dict(config or {})}
         futures = self._admin.create_topics(
@@ -170,7 +170,7 @@ class KafkaAdmin:
 
     def delete_topics(self, names: Iterable[str]) -> None:
         names = list(names)
-        self.forget_partitions(names)
+        self._forget_partitions(names)
         futures = self._admin.delete_topics(names, request_timeout=self._timeout)
         self._await_topics(futures, "delete", already_done=KafkaError.UNKNOWN_TOPIC_OR_PART)
 
@@ -213,11 +213,9 @@ class KafkaAdmin:
             found.extend(TopicPartition(topic, p) for p in known[1])
         return found
 
-    def forget_partitions(self, topics: Iterable[str] | None = None) -> None:
-        """Ask Kafka again next time (all topics when None): after deleting a topic."""
-        if topics is None:
-            self._known_partitions.clear()
-        for topic in topics or ():
+    def _forget_partitions(self, topics: Iterable[str]) -> None:
+        """Ask Kafka again next time: the topics are being created or deleted."""
+        for topic in topics:
             self._known_partitions.pop(topic, None)
 
     def _retrying(self, request: Callable[[], _T]) -> _T:

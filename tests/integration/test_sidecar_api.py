@@ -347,6 +347,16 @@ BAD: list[tuple[str, Callable[[World], tuple[str, str, bytes]], int, str]] = [
         "invalid_request",
     ),
     (
+        "too many projections to wait for",
+        lambda w: (
+            "POST",
+            f"/v1/publish/{w.topic}?wait=" + ",".join(f"p{i}" for i in range(101)),
+            b"{}",
+        ),
+        400,
+        "invalid_request",
+    ),
+    (
         "timeout too long",
         lambda w: ("POST", "/v1/wait", b'{"token": "1", "projections": ["p"], "timeout": 9999}'),
         400,

@@ -35,7 +35,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import anyio
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -73,6 +73,7 @@ from toolkit.runtime.sidecar.schemas import (
     AppendIn,
     EventIn,
     LeaseIn,
+    Projections,
     RenewIn,
     SagaStartIn,
     WaitIn,
@@ -83,7 +84,7 @@ from toolkit.saga.state import saga_key
 
 __all__ = ["HttpProblem", "SidecarApi"]
 
-_MAX_WAIT_PROJECTIONS = 100  # as WaitIn.projections
+_PROJECTIONS = TypeAdapter(Projections)
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
@@ -343,21 +344,20 @@ class SidecarApi:
         return JSONResponse(answer)
 
     def _wait_for(self, request: Request) -> list[str]:
-        """The ``wait`` query parameter: projection names (comma-separated or repeated)."""
+        """The ``wait`` query parameter: projection names (comma-separated or repeated),
+        held to the limits of ``POST /v1/wait``'s ``projections``."""
         names = [
             name.strip()
             for given in request.query_params.getlist("wait")
             for name in given.split(",")
             if name.strip()
         ]
-        if len(names) > _MAX_WAIT_PROJECTIONS or any(len(n) > 255 for n in names):
-            raise HttpProblem(
-                400,
-                "invalid_request",
-                f"wait: expected at most {_MAX_WAIT_PROJECTIONS} projection names "
-                "of at most 255 characters",
-            )
-        return names
+        if not names:
+            return []
+        try:
+            return _PROJECTIONS.validate_python(names)
+        except ValidationError as exc:
+            raise HttpProblem(400, "invalid_request", *problems(exc, "wait.")) from None
 
     def _publish_and_wait(
         self, topic: str, event: Envelope, projections: list[str], timeout: float

@@ -29,6 +29,8 @@ __all__ = [
 API_VERSION = "v1"
 Name = Annotated[str, Field(min_length=1, max_length=255)]
 Id = Annotated[str, Field(min_length=1, max_length=1024)]
+# Projections to wait for: in POST /v1/wait and in publish's ``wait`` parameter.
+Projections = Annotated[list[Name], Field(min_length=1, max_length=100)]
 MAX_BULK = 1000
 
 
@@ -62,7 +64,7 @@ class WaitIn(_In):
     """Wait until ``projections`` applied ``token``, at most ``timeout`` seconds."""
 
     token: Annotated[str, Field(min_length=1, max_length=65536)]
-    projections: Annotated[list[Name], Field(min_length=1, max_length=100)]
+    projections: Projections
     timeout: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 5.0
 
 

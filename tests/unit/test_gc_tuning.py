@@ -40,20 +40,3 @@ def test_cycles_made_after_tuning_are_still_collected() -> None:
     a.other, b.other = b, a
     del a, b
     assert gc.collect() >= 2
-
-
-def test_switch_interval_is_shortened_never_lengthened() -> None:
-    import sys
-
-    from toolkit.runtime.switch_interval import LATENCY_SWITCH_INTERVAL, shorten_switch_interval
-
-    before = sys.getswitchinterval()
-    try:
-        sys.setswitchinterval(0.005)
-        shorten_switch_interval()
-        assert sys.getswitchinterval() == pytest.approx(LATENCY_SWITCH_INTERVAL)
-        sys.setswitchinterval(0.0001)
-        shorten_switch_interval()
-        assert sys.getswitchinterval() == pytest.approx(0.0001)
-    finally:
-        sys.setswitchinterval(before)

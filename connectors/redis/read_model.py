@@ -40,7 +40,13 @@ from toolkit.errors import StoreError
 from toolkit.ports import PendingApply, ReadModelChange
 from toolkit.positions import TopicPartition
 
-__all__ = ["APPLY_CHANGES_LUA", "RedisReadModelStore", "encode_changes"]
+__all__ = [
+    "APPLY_CHANGES_LUA",
+    "RedisReadModelStore",
+    "encode_changes",
+    "encode_document",
+    "read_documents",
+]
 
 # KEYS[1] is the offsets hash, KEYS[2..] the keys the changes name, in order.
 # ARGV[1] is JSON: the expected and new offsets, and the changes as ops in
@@ -146,16 +152,8 @@ class RedisReadModelStore:
         return None if raw is None else dict(json.loads(str(raw)))
 
     def get_many(self, projection: str, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
-        wanted = list(dict.fromkeys(keys))
-        found: dict[str, dict[str, Any]] = {}
-        for start in range(0, len(wanted), _MGET_CHUNK):
-            chunk = wanted[start : start + _MGET_CHUNK]
-            with self._errors("read", projection):
-                values = self._redis.mget([self._doc_key(projection, key) for key in chunk])
-            for key, raw in zip(chunk, values, strict=True):
-                if raw is not None:
-                    found[key] = dict(json.loads(str(raw)))
-        return found
+        with self._errors("read", projection):
+            return read_documents(self._redis, {k: self._doc_key(projection, k) for k in keys})
 
     def counters(self, projection: str, key: str) -> dict[str, int]:
         with self._errors("read", projection):
@@ -311,6 +309,28 @@ class _PendingRedisApply:
         if connection is not None:
             connection.disconnect()
             self._store._redis.connection_pool.release(connection)
+
+
+def read_documents(client: redis.Redis, keys: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """The JSON documents stored at the Redis keys ``keys`` maps names to, by name, in
+    MGETs of at most ``_MGET_CHUNK`` keys; absent ones left out (raises redis errors)."""
+    names = list(keys)
+    found: dict[str, dict[str, Any]] = {}
+    for start in range(0, len(names), _MGET_CHUNK):
+        chunk = names[start : start + _MGET_CHUNK]
+        for name, raw in zip(chunk, client.mget([keys[n] for n in chunk]), strict=True):
+            if raw is not None:
+                found[name] = dict(json.loads(str(raw)))
+    return found
+
+
+def encode_document(document: Mapping[str, Any]) -> str:
+    """A document as the read model stores it: ASCII JSON, sorted keys, no spaces."""
+    try:
+        return _DOCUMENT_ENCODER.encode(document)
+    except BaseException:
+        _DOCUMENT_ENCODER.reset()  # see _DocumentEncoder.reset
+        raise
 
 
 def encode_changes(

@@ -48,7 +48,13 @@ from typing import Any
 import redis
 
 from connectors.redis.errors import map_exceptions
-from connectors.redis.read_model import APPLY_CHANGES_LUA, RedisReadModelStore, encode_changes
+from connectors.redis.read_model import (
+    APPLY_CHANGES_LUA,
+    RedisReadModelStore,
+    encode_changes,
+    encode_document,
+    read_documents,
+)
 from connectors.redis.settings import RedisSettings
 from toolkit.errors import ConfigurationError, StoreError
 from toolkit.ports import ReadModelChange, StepRecord, StepRecordResult
@@ -106,11 +112,6 @@ return {1}
 )
 
 
-def _canonical(document: Mapping[str, Any]) -> str:
-    """A document as the read model stores it (ASCII JSON, sorted keys, no spaces)."""
-    return json.dumps(document, separators=(",", ":"), sort_keys=True)
-
-
 class RedisSagaStepStore:
     """A participant's read model plus its once-only step outcomes."""
 
@@ -141,16 +142,9 @@ class RedisSagaStepStore:
         return None if raw is None else dict(json.loads(str(raw)))
 
     def outcomes(self, participant: str, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
-        if not keys:
-            return {}
         prefix = f"{self._prefix(participant)}once:"
         with self._errors("read", participant):
-            found = self._redis.mget([prefix + key for key in keys])
-        return {
-            key: dict(json.loads(str(raw)))
-            for key, raw in zip(keys, found, strict=True)
-            if raw is not None
-        }
+            return read_documents(self._redis, {key: prefix + key for key in keys})
 
     def record_once(
         self,
@@ -209,7 +203,7 @@ class RedisSagaStepStore:
             if document is None:
                 expect.append([len(keys), -1])
             else:
-                encoded = _canonical(document)
+                encoded = encode_document(document)
                 documents.append(encoded)
                 expect.append([len(keys), len(encoded)])  # ASCII: characters == bytes
         ops, puts = encode_changes(prefix, record.changes, keys)

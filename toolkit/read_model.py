@@ -13,11 +13,13 @@ replay change nothing (effectively-once read models).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from toolkit.ports import ReadModelChange, ReadModelStore
 
-__all__ = ["ReadModelBatch"]
+__all__ = ["ReadModelBatch", "copy_json"]
+
+J = TypeVar("J")
 
 _DELETED = object()
 
@@ -30,12 +32,17 @@ _DELETED = object()
 _SIZES = {"p": 3, "d": 2, "i": 4}
 
 
-def _copied(value: Any) -> Any:
-    """A deep copy of JSON-shaped data: containers copied, scalars (immutable) shared.
+def copy_json(value: J) -> J:
+    """A deep copy of JSON-shaped data: containers copied (as plain dicts, lists and
+    tuples), scalars (immutable) shared.
 
     ``copy.deepcopy`` keeps a memo of every object for cycles and shared
     references, which JSON cannot have; this is about three times faster.
     """
+    return cast(J, _copied(value))
+
+
+def _copied(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _copied(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -129,7 +136,7 @@ class ReadModelBatch:
         """The document under ``key`` as this batch would leave it."""
         if key in self._documents:
             pending = self._documents[key]
-            return None if pending is _DELETED else _copied(pending)
+            return None if pending is _DELETED else copy_json(pending)
         read_ahead = self._read_ahead
         if key in read_ahead:
             return read_ahead.pop(key)  # fresh from the store, nobody else holds it
@@ -149,7 +156,7 @@ class ReadModelBatch:
         stored = dict(document)
         for value in stored.values():
             if isinstance(value, (dict, list, tuple)):
-                stored = _copied(stored)
+                stored = copy_json(stored)
                 break
         self._documents[key] = stored
         self._journal += ("p", key, stored)

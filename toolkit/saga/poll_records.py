@@ -25,12 +25,11 @@ be pending in the poll).
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from toolkit.ports import ReadModelChange, SagaStepStore, StepRecord, StepRecordResult
-from toolkit.read_model import ReadModelBatch
+from toolkit.read_model import ReadModelBatch, copy_json
 
 __all__ = ["PollRecords"]
 
@@ -56,8 +55,8 @@ class PollRecords:
         else:
             document = self._documents[key] = self._store.get(projection, key)
         if key not in self._reads:  # what the decision saw first: its expectation
-            self._reads[key] = copy.deepcopy(document)
-        return copy.deepcopy(document)
+            self._reads[key] = copy_json(document)
+        return copy_json(document)
 
     def counters(self, projection: str, key: str) -> dict[str, int]:
         self.counters_read = True  # pending increments are not here: decide alone
@@ -77,7 +76,7 @@ class PollRecords:
         self._reads = {}
         for change in changes:
             if change.kind == "put":
-                self._documents[change.key] = copy.deepcopy(dict(change.document or {}))
+                self._documents[change.key] = copy_json(dict(change.document or {}))
             elif change.kind == "delete":
                 self._documents[change.key] = None
         return len(self._pending) - 1

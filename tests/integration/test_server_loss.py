@@ -126,8 +126,9 @@ def test_kafka_frozen_during_sagas_every_saga_finishes_and_every_effect_happens_
     shop.prepare(kct)
     client = kct.saga_client(shop.definitions, shop.state_projection)
     with shop.running(kct):
-        ids = client.start_many(shop.orders(300, decline_ratio=0.2, seed=5))
-        time.sleep(0.3)
+        # Enough sagas that many are still running when the freeze starts: the
+        # participants got faster (a few hundred finish in well under a second).
+        ids = client.start_many(shop.orders(1000, decline_ratio=0.2, seed=5))
         in_flight = [i for i in ids if (client.status(i) or {}).get("status") in (None, "RUNNING")]
         with frozen("kafka"):
             time.sleep(5)

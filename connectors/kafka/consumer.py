@@ -74,6 +74,7 @@ class KafkaRecordConsumer:
         self._on_assign: AssignCallback | None = None
         self._on_revoke: RevokeCallback | None = None
         self._on_error = on_error
+        self._paused = False  # set while idle() has the assignment paused
         with map_exceptions(ConsumeError, "consumer configuration", group=group_id):
             self._consumer = Consumer(config)
 
@@ -112,6 +113,8 @@ class KafkaRecordConsumer:
 
     def poll(self, max_records: int, timeout: float) -> list[ConsumedRecord]:
         with map_exceptions(ConsumeError, "poll", group=self.group_id):
+            if self._paused:  # an idle() whose resume failed: never stay paused
+                self._resume()
             # consume(n, timeout) waits until n records or the timeout: a
             # trickle would cost the whole timeout per batch. Wait for the
             # first record only, then drain what is already fetched.
@@ -154,23 +157,31 @@ class KafkaRecordConsumer:
         """Stay in the group for ``seconds`` without consuming (see RecordConsumer.idle)."""
         deadline = time.monotonic() + seconds
         with map_exceptions(ConsumeError, "idle", group=self.group_id):
-            while True:
-                assigned = self._consumer.assignment()
-                if assigned:
-                    self._consumer.pause(assigned)
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                message = self._consumer.poll(min(left, 0.5))
-                if message is not None and message.error() is None:
-                    # Fetched before the pause took effect: read it again later.
-                    topic, partition = message.topic(), message.partition()
-                    offset = message.offset()
-                    if topic is not None and partition is not None and offset is not None:
-                        self._consumer.seek(KafkaTopicPartition(topic, partition, offset))
-            assigned = self._consumer.assignment()
-            if assigned:
-                self._consumer.resume(assigned)
+            try:
+                while True:
+                    assigned = self._consumer.assignment()
+                    if assigned:
+                        self._paused = True
+                        self._consumer.pause(assigned)
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    message = self._consumer.poll(min(left, 0.5))
+                    if message is not None and message.error() is None:
+                        # Fetched before the pause took effect: read it again later.
+                        topic, partition = message.topic(), message.partition()
+                        offset = message.offset()
+                        if topic is not None and partition is not None and offset is not None:
+                            self._consumer.seek(KafkaTopicPartition(topic, partition, offset))
+            finally:  # a pause never outlives the call, even one that failed
+                self._resume()
+
+    def _resume(self) -> None:
+        """Resume what idle() paused (poll() retries if this failed)."""
+        assigned = self._consumer.assignment()
+        if assigned:
+            self._consumer.resume(assigned)
+        self._paused = False
 
     def positions(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
         # librdkafka moves the position past transaction markers and aborted

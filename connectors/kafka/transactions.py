@@ -42,6 +42,18 @@ Error classes, as librdkafka defines them, each handled here:
 
 A transaction left open (its context manager exited without commit) is
 aborted.
+
+Every call that waits for the brokers (``init_transactions``,
+``send_offsets_to_transaction``, ``commit_transaction``,
+``abort_transaction``) runs on a worker thread under a hard deadline of twice
+the operation timeout. librdkafka does not always honour its own timeout:
+with the group coordinator killed, ``send_offsets_to_transaction`` can block
+for good (librdkafka issues 5456 and 5511), and the loop calling it with it.
+Past the deadline the stuck call is abandoned with its producer (the thread
+stays blocked in C, holding nothing of ours), the producer is re-created, and
+the operation fails: ``TransactionAborted`` before a commit was asked for
+(the new producer's ``init_transactions`` aborts the open transaction),
+``PublishError(outcome="unknown")`` once it was.
 """
 
 from __future__ import annotations
@@ -51,6 +63,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -73,6 +87,42 @@ _T = TypeVar("_T")
 _FENCED = frozenset(
     {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH}
 )
+
+
+class CallHung(Exception):
+    """A librdkafka call that did not return by its hard deadline (abandoned)."""
+
+    def __init__(self, what: str, seconds: float) -> None:
+        super().__init__(f"{what} did not return within {seconds:g}s")
+        self.what = what
+        self.seconds = seconds
+
+
+class _BoundedCalls:
+    """Runs blocking librdkafka calls on a worker thread, waiting at most a deadline.
+
+    A call past its deadline is abandoned: its worker stays blocked in C and
+    a new worker serves the next call.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._worker = self._new_worker()
+
+    def _new_worker(self) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(max_workers=1, thread_name_prefix=self._name)
+
+    def run(self, what: str, call: Callable[[], _T], deadline: float) -> _T:
+        future: Future[_T] = self._worker.submit(call)
+        try:
+            return future.result(timeout=deadline)
+        except FutureTimeout:
+            stuck, self._worker = self._worker, self._new_worker()
+            stuck.shutdown(wait=False)
+            raise CallHung(what, deadline) from None
+
+    def close(self) -> None:
+        self._worker.shutdown(wait=False)
 
 
 def _boot_clock() -> float:
@@ -109,6 +159,10 @@ class KafkaTransactionalProducer:
             }
         )
         self._timeout = operation_timeout
+        # librdkafka may overrun its own timeout (a coordinator moving); past
+        # twice it, a call is taken for hung (see the module's docstring).
+        self._hard_deadline = operation_timeout * 2
+        self._calls = _BoundedCalls("kct-txn-call")
         self._transaction_timeout_ms = transaction_timeout_ms
         # When the open transaction began (boot-time clock: counts a suspended VM too).
         self._began_at: float | None = None
@@ -130,7 +184,7 @@ class KafkaTransactionalProducer:
         except KafkaException as exc:
             raise PublishError(f"invalid producer configuration: {exc.args[0]}") from exc
         try:
-            producer.init_transactions(self._timeout)
+            self.bounded("init_transactions", lambda: producer.init_transactions(self._timeout))
         except KafkaException as exc:
             error = kafka_error(exc)
             raise PublishError(
@@ -138,7 +192,30 @@ class KafkaTransactionalProducer:
                 transactional_id=self.transactional_id,
                 code=error.name(),
             ) from exc
+        except CallHung as hung:
+            raise PublishError(
+                f"cannot initialise transactions: {hung}",
+                transactional_id=self.transactional_id,
+                code="hung",
+            ) from None
         return producer
+
+    def bounded(self, what: str, call: Callable[[], _T]) -> _T:
+        """``call()`` on the worker thread; ``CallHung`` past the hard deadline."""
+        return self._calls.run(what, call, self._hard_deadline)
+
+    def abandon(self, hung: CallHung) -> None:
+        """A call on the producer hung: leave it to its thread and start a new
+        producer (its ``init_transactions`` fences the old one and aborts the
+        open transaction); stale if Kafka cannot be reached yet."""
+        log.warning(
+            "%s on %s: %s (a librdkafka hang); re-creating the producer",
+            hung.what,
+            self.transactional_id,
+            hung,
+        )
+        with contextlib.suppress(PublishError):
+            self.reinitialise()
 
     def reinitialise(self) -> None:
         """Replace the producer (after a fatal or indefinite error)."""
@@ -262,6 +339,7 @@ class KafkaTransactionalProducer:
             self._producer.flush(timeout)
         finally:
             self._closed.set()
+            self._calls.close()
             self._poller.join(timeout=1)
 
 
@@ -325,16 +403,33 @@ class KafkaTransaction:
         """Commit a consumer group's offsets as part of this transaction."""
         self._check_open()
         wanted = [KafkaTopicPartition(tp.topic, tp.partition, o) for tp, o in offsets.items()]
-        timeout = self._owner._timeout
+        owner = self._owner
+        producer, timeout = owner.producer, owner._timeout
         try:
-            self._owner._call(
+            owner._call(
                 "send_offsets_to_transaction",
-                lambda: self._owner.producer.send_offsets_to_transaction(
-                    wanted, group_metadata, timeout
+                lambda: owner.bounded(
+                    "send_offsets_to_transaction",
+                    lambda: producer.send_offsets_to_transaction(wanted, group_metadata, timeout),
                 ),
             )
         except KafkaException as exc:
             self._fail(f"offsets not added: {kafka_error(exc).str()}", None)
+        except CallHung as hung:
+            self._abandon(hung)
+            # No commit was asked for: the new producer's init aborted it.
+            raise TransactionAborted(
+                f"transaction aborted: offsets not added: {hung}; the producer was re-created",
+                transactional_id=owner.transactional_id,
+                cause="hung",
+            ) from None
+
+    def _abandon(self, hung: CallHung) -> None:
+        """End this transaction without touching its stuck producer; replace it."""
+        try:
+            self._owner.abandon(hung)
+        finally:
+            self._finish()
 
     def _fail_fenced(self, error: KafkaError) -> None:
         """A record refused as fenced: decide what it means, end the transaction, raise."""
@@ -368,14 +463,36 @@ class KafkaTransaction:
         with ``outcome="unknown"`` (the producer was re-created)."""
         self._check_open()
         owner = self._owner
+        producer = owner.producer
         try:
             for attempt in range(1, owner._commit_attempts + 1):
                 try:
                     owner._call(
                         "commit_transaction",
-                        lambda: owner.producer.commit_transaction(owner._timeout),
+                        lambda: owner.bounded(
+                            "commit_transaction",
+                            lambda: producer.commit_transaction(owner._timeout),
+                        ),
                     )
                     return
+                except CallHung as hung:
+                    owner.abandon(hung)
+                    raise PublishError(
+                        f"transaction outcome unknown: {hung}; the producer was re-created",
+                        transactional_id=owner.transactional_id,
+                        code="hung",
+                        outcome="unknown",
+                    ) from None
+                except PublishError as exc:
+                    if attempt == 1:
+                        raise
+                    # Fenced on a retry: the first attempt may have committed
+                    # before the epoch moved on (seen with a coordinator killed).
+                    raise PublishError(
+                        f"transaction outcome unknown: a retried commit failed: {exc}",
+                        transactional_id=owner.transactional_id,
+                        outcome="unknown",
+                    ) from exc
                 except KafkaException as exc:
                     error = kafka_error(exc)
                     if error.txn_requires_abort():
@@ -409,9 +526,15 @@ class KafkaTransaction:
 
     def _abort_quietly(self) -> None:
         owner = self._owner
+        producer = owner.producer
         for attempt in range(1, owner._commit_attempts + 1):
             try:
-                owner.producer.abort_transaction(owner._timeout)
+                owner.bounded(
+                    "abort_transaction", lambda: producer.abort_transaction(owner._timeout)
+                )
+                return
+            except CallHung as hung:
+                owner.abandon(hung)
                 return
             except KafkaException as exc:
                 error = kafka_error(exc)

@@ -2,6 +2,7 @@
 
 Runs participant services of one :class:`~examples.order_fulfillment.shop.Shop`
 run in this process until it is stopped (SIGTERM / SIGINT) or killed.
+SIGUSR1 prints every thread's stack to stderr (how a stuck service is read).
 Connections come from ``KCT_KAFKA_BOOTSTRAP`` and ``KCT_REDIS_URL``. Used by
 the crash tests, which ``kill -9`` it at random points.
 """
@@ -9,6 +10,7 @@ the crash tests, which ``kill -9`` it at random points.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import signal
 import threading
@@ -34,6 +36,7 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     members = [
         kct.saga_participant(name, shop.definitions, ACTIONS[name], namespace=shop.namespace)
         for name in args.participant or PARTICIPANTS

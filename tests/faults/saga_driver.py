@@ -5,7 +5,8 @@ kills cannot take the test process with it).
 ``python -m tests.faults.saga_driver --run-id ID --sagas N --rate R [--first K]``
 
 Connections from ``KCT_KAFKA_BOOTSTRAP`` and ``KCT_REDIS_URL``. Prints
-``started <n>`` as it goes and runs until it is killed. The shop is
+``started <n>`` as it goes and runs until it is killed; SIGUSR1 prints every
+thread's stack. The shop is
 :func:`tests.faults.saga_shop.big_shop` with the given run id, so the test
 process knows the saga ids (``Shop.orders`` is deterministic).
 """
@@ -13,7 +14,9 @@ process knows the saga ids (``Shop.orders`` is deterministic).
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
+import signal
 import threading
 import time
 
@@ -30,6 +33,7 @@ def main() -> None:
     parser.add_argument("--first", type=int, default=0, help="skip sagas already started")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     shop = big_shop(args.run_id)
     kct = Kct()
     client = kct.saga_client(shop.definitions, shop.state_projection)

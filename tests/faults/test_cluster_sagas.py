@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import time
 import uuid
@@ -62,6 +63,8 @@ class Services:
             )
 
     def start(self, participant: str) -> None:
+        with self.log.open("a") as out:
+            out.write(f"-- test: start {participant}\n")
         argv = guarded(
             "examples.order_fulfillment.service",
             *("--run-id", self.shop.run_id, "--participant", participant),
@@ -86,8 +89,19 @@ class Services:
                 self.start_driver() if name == "driver" else self.start(name)
 
     def kill_9(self, participant: str) -> None:
+        with self.log.open("a") as out:
+            out.write(f"-- test: kill -9 {participant} (pid {self.procs[participant].pid})\n")
         self.procs[participant].kill()
         self.procs[participant].wait(10)
+
+    def dump_stacks(self) -> None:
+        """Every live process prints its threads' stacks into its log (SIGUSR1)."""
+        for name, proc in self.procs.items():
+            if proc.poll() is None:
+                with (self.driver_log if name == "driver" else self.log).open("a") as out:
+                    out.write(f"-- test: stacks of {name} (pid {proc.pid})\n")
+                proc.send_signal(signal.SIGUSR1)
+        time.sleep(1.0)
 
     @contextmanager
     def running(self) -> Iterator[Services]:
@@ -166,13 +180,18 @@ def test_sagas_under_broker_and_participant_kills_end_once_and_conserve(
             services.running(),
             Progress(lambda: lambda: sum(effects(kct, shop).values())) as progress,
         ):
-            chaos.run(
-                done=done,
-                inject=inject,
-                timeout=min(540, 180 + total * 0.3),  # < the pytest timeout
-                status=lambda: f"{len(finished)}/{total} sagas ended",
-                max_faults=size().broker_kills * 3,
-            )
+            try:
+                chaos.run(
+                    done=done,
+                    inject=inject,
+                    timeout=min(540, 180 + total * 0.3),  # < the pytest timeout
+                    status=lambda: f"{len(finished)}/{total} sagas ended",
+                    max_faults=size().broker_kills * 3,
+                )
+            except AssertionError:
+                services.dump_stacks()  # where a stuck process waits, in its log
+                print(f"logs: {services.log} {services.driver_log}", flush=True)
+                raise
     finally:
         chaos.heal()
     statuses = Counter(s["status"] for s in finished.values())

@@ -9,11 +9,14 @@ within ``sidecar.drain_timeout`` (a loop still busy then is abandoned: what
 it had not committed is read again by the partition's next owner, which the
 store's offsets keep from applying twice). ``kill -9`` loses nothing for the
 same reason. The exit code is 0 after a complete drain, 1 otherwise.
+SIGUSR1 prints every thread's stack to stderr, to see where a sidecar that
+looks stuck is waiting.
 """
 
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import logging
 import signal
 import socket
@@ -79,9 +82,11 @@ class _Server(uvicorn.Server):
             self.should_exit = True
 
         previous = {s: signal.signal(s, handle) for s in (signal.SIGTERM, signal.SIGINT)}
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
         try:
             yield
         finally:
+            faulthandler.unregister(signal.SIGUSR1)
             for s, handler in previous.items():
                 signal.signal(s, handler)
 

@@ -74,7 +74,11 @@ class KafkaRecordConsumer:
         self._on_assign: AssignCallback | None = None
         self._on_revoke: RevokeCallback | None = None
         self._on_error = on_error
-        self._paused = False  # set while idle() has the assignment paused
+        # What idle() paused. librdkafka keeps a partition's pause through a
+        # revoke and a later re-assignment, so resuming only what is assigned
+        # when idle() ends would leave a partition that comes back paused for
+        # good (a silent stall): every partition paused is resumed by name.
+        self._paused: set[tuple[str, int]] = set()
         with map_exceptions(ConsumeError, "consumer configuration", group=group_id):
             self._consumer = Consumer(config)
 
@@ -161,7 +165,7 @@ class KafkaRecordConsumer:
                 while True:
                     assigned = self._consumer.assignment()
                     if assigned:
-                        self._paused = True
+                        self._paused.update((p.topic, p.partition) for p in assigned)
                         self._consumer.pause(assigned)
                     left = deadline - time.monotonic()
                     if left <= 0:
@@ -177,11 +181,12 @@ class KafkaRecordConsumer:
                 self._resume()
 
     def _resume(self) -> None:
-        """Resume what idle() paused (poll() retries if this failed)."""
-        assigned = self._consumer.assignment()
-        if assigned:
-            self._consumer.resume(assigned)
-        self._paused = False
+        """Resume every partition idle() paused, assigned now or not (poll()
+        retries if this failed)."""
+        paused = [KafkaTopicPartition(topic, partition) for topic, partition in self._paused]
+        if paused:
+            self._consumer.resume(paused)
+        self._paused.clear()
 
     def positions(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
         # librdkafka moves the position past transaction markers and aborted

@@ -70,7 +70,7 @@ from typing import Any, NamedTuple
 
 from toolkit.dead_letter import DeadLetterQueue
 from toolkit.envelope import ConsumedEvent
-from toolkit.errors import ConfigurationError, ConnectorError, StepFailed
+from toolkit.errors import ConfigurationError, ConnectorError, ConsumeError, StepFailed
 from toolkit.hlc import HybridLogicalClock
 from toolkit.interceptors import Interceptor, StepInfo
 from toolkit.ports import (
@@ -251,6 +251,8 @@ class SagaParticipant:
         events = self._reader.poll(self._max_batch, self._poll_timeout)
         offsets = self._offsets()
         if not offsets:
+            if events:
+                self._not_owned(events)
             return 0
         try:
             began = time.perf_counter_ns()
@@ -270,6 +272,21 @@ class SagaParticipant:
         self._committed.update(offsets)
         self.stats["commands"] += len(events)
         return len(events)
+
+    def _not_owned(self, events: Sequence[ConsumedEvent]) -> None:
+        """Commands polled from partitions this member does not hold as its own
+        (its assignment callbacks and the consumer disagree): never dropped, read
+        again after a back-off, reported as unhealthy meanwhile."""
+        self.stats["not_owned_polls"] += 1
+        self._rewind(events)
+        self._failed(
+            ConsumeError(
+                "polled commands of partitions not assigned to this member; reading them again",
+                participant=self.name,
+                partitions=sorted({str(e.position.topic_partition) for e in events}),
+                owned=sorted(map(str, self._owned)),
+            )
+        )
 
     def _timed(self, began: int, decided: int) -> None:
         """Per committed poll: time deciding (Redis included) and in the transaction."""

@@ -204,6 +204,10 @@ class KafkaTransactionalProducer:
         """``call()`` on the worker thread; ``CallHung`` past the hard deadline."""
         return self._calls.run(what, call, self._hard_deadline)
 
+    def call_bounded(self, what: str, call: Callable[[], _T]) -> _T:
+        """A transactional call on the worker thread, its errors translated."""
+        return self._call(what, lambda: self.bounded(what, call))
+
     def abandon(self, hung: CallHung) -> None:
         """A call on the producer hung: leave it to its thread and start a new
         producer (its ``init_transactions`` fences the old one and aborts the
@@ -406,12 +410,9 @@ class KafkaTransaction:
         owner = self._owner
         producer, timeout = owner.producer, owner._timeout
         try:
-            owner._call(
+            owner.call_bounded(
                 "send_offsets_to_transaction",
-                lambda: owner.bounded(
-                    "send_offsets_to_transaction",
-                    lambda: producer.send_offsets_to_transaction(wanted, group_metadata, timeout),
-                ),
+                lambda: producer.send_offsets_to_transaction(wanted, group_metadata, timeout),
             )
         except KafkaException as exc:
             self._fail(f"offsets not added: {kafka_error(exc).str()}", None)
@@ -467,12 +468,8 @@ class KafkaTransaction:
         try:
             for attempt in range(1, owner._commit_attempts + 1):
                 try:
-                    owner._call(
-                        "commit_transaction",
-                        lambda: owner.bounded(
-                            "commit_transaction",
-                            lambda: producer.commit_transaction(owner._timeout),
-                        ),
+                    owner.call_bounded(
+                        "commit_transaction", lambda: producer.commit_transaction(owner._timeout)
                     )
                     return
                 except CallHung as hung:

@@ -19,11 +19,14 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from connectors.kafka import KafkaRecordConsumer, KafkaSettings
+from toolkit.ports import ConsumedRecord
 from toolkit.runtime.stack import LocalStack, default_port_offset, default_state_dir
 
 _REPO = Path(__file__).resolve().parents[2]
@@ -292,3 +295,25 @@ class Chaos:
         for name in self.cluster.node_names:
             self.cluster.thaw(name)
             self.cluster.start(name)
+
+
+def read_committed_records(
+    settings: KafkaSettings, topic: str, expected: int, within: float = 120.0
+) -> list[ConsumedRecord]:
+    """Every committed record of ``topic`` (a fresh group, read_committed), reading
+    on for 3 s once ``expected`` are in: extra copies must be seen, not missed."""
+    consumer = KafkaRecordConsumer(settings, f"verify-{uuid.uuid4().hex[:8]}")
+    consumer.subscribe([topic])
+    records: list[ConsumedRecord] = []
+    deadline = time.monotonic() + within
+    quiet_until = None
+    try:
+        while time.monotonic() < deadline:
+            records.extend(consumer.poll(5000, 0.5))
+            if len(records) >= expected:
+                quiet_until = quiet_until or time.monotonic() + 3
+                if time.monotonic() > quiet_until:
+                    break
+    finally:
+        consumer.close()
+    return records

@@ -29,6 +29,8 @@ from toolkit.ports import OutgoingRecord
 from toolkit.positions import TopicPartition
 from toolkit.runtime.stack import LocalStack
 
+from .cluster import read_committed_records
+
 OPERATION_TIMEOUT_S = 2.0
 
 
@@ -47,33 +49,6 @@ def _joined(settings: KafkaSettings, group: str, topic: str) -> Consumer:
         assert time.monotonic() < deadline, "the consumer never got its partitions"
         consumer.poll(0.2)
     return consumer
-
-
-def _committed_values(settings: KafkaSettings, topic: str, want: int) -> list[bytes]:
-    reader = Consumer(
-        {
-            **settings.client_config(),
-            "group.id": f"read-{uuid.uuid4().hex[:8]}",
-            "isolation.level": "read_committed",
-            "auto.offset.reset": "earliest",
-        }
-    )
-    reader.subscribe([topic])
-    values: list[bytes] = []
-    deadline = time.monotonic() + 30
-    quiet_until = None
-    try:
-        while time.monotonic() < deadline:
-            message = reader.poll(0.5)
-            if message is not None and message.error() is None:
-                values.append(message.value() or b"")
-            if len(values) >= want:  # a little longer: anything more would show
-                quiet_until = quiet_until or time.monotonic() + 3
-                if time.monotonic() > quiet_until:
-                    break
-    finally:
-        reader.close()
-    return values
 
 
 @pytest.mark.timeout(240)
@@ -123,7 +98,8 @@ def test_send_offsets_stuck_on_a_frozen_coordinator_fails_by_its_deadline_and_th
             except PublishError:
                 assert time.monotonic() < deadline, "no transaction committed after the thaw"
                 time.sleep(1.0)
-        assert _committed_values(cluster_kafka, sink, want=1) == [b"committed"]
+        found = read_committed_records(cluster_kafka, sink, expected=1, within=30)
+        assert [r.value for r in found] == [b"committed"]
         committed = consumer.committed([KafkaTopicPartition(source, 0)], timeout=30)
         assert [c.offset for c in committed] == [2]
     finally:

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from connectors.kafka import KafkaAdmin, KafkaRecordConsumer, KafkaRecordProducer, KafkaSettings
+from connectors.kafka import KafkaAdmin, KafkaRecordProducer, KafkaSettings
 from toolkit.ports import ConsumedRecord, OutgoingRecord
 from toolkit.runtime.stack import LocalStack
 
-from .cluster import Chaos, FaultRun, Progress, guarded, report, size
+from .cluster import Chaos, FaultRun, Progress, guarded, read_committed_records, report, size
 
 REPO = Path(__file__).resolve().parents[2]
 KEYS = 50
@@ -50,26 +50,6 @@ def _fill(settings: KafkaSettings, topic: str, events: list[OutgoingRecord]) -> 
             producer.produce([OutgoingRecord(topic, e.key, e.value) for e in chunk])
     finally:
         producer.close()
-
-
-def _read_all(settings: KafkaSettings, topic: str, expected: int) -> list[ConsumedRecord]:
-    consumer = KafkaRecordConsumer(settings, f"verify-{uuid.uuid4().hex[:8]}")
-    consumer.subscribe([topic])
-    records: list[ConsumedRecord] = []
-    deadline = time.monotonic() + 120
-    quiet_until = None
-    try:
-        while time.monotonic() < deadline:
-            got = consumer.poll(5000, 0.5)
-            records.extend(got)
-            if len(records) >= expected:
-                # Keep reading a little: extra copies must be seen, not missed.
-                quiet_until = quiet_until or time.monotonic() + 3
-                if time.monotonic() > quiet_until:
-                    break
-    finally:
-        consumer.close()
-    return records
 
 
 class Copiers:
@@ -164,7 +144,7 @@ def test_transactional_copy_under_broker_and_copier_kills_is_exact(
     finally:
         copiers.stop()
         chaos.heal()
-    lost, duplicated = _verify(events, _read_all(cluster_kafka, target, total))
+    lost, duplicated = _verify(events, read_committed_records(cluster_kafka, target, total))
     report(
         FaultRun(
             "transactional copy",

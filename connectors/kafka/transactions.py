@@ -60,10 +60,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from types import TracebackType
 from typing import Any, TypeVar
@@ -102,27 +103,50 @@ class _BoundedCalls:
     """Runs blocking librdkafka calls on a worker thread, waiting at most a deadline.
 
     A call past its deadline is abandoned: its worker stays blocked in C and
-    a new worker serves the next call.
+    a new worker serves the next call. Workers are daemon threads on purpose
+    (not a ThreadPoolExecutor, whose exit hook joins its threads): a stuck
+    one must never keep the process from exiting.
     """
 
     def __init__(self, name: str) -> None:
         self._name = name
-        self._worker = self._new_worker()
+        self._jobs: queue.SimpleQueue[_Job | None] | None = None
 
-    def _new_worker(self) -> ThreadPoolExecutor:
-        return ThreadPoolExecutor(max_workers=1, thread_name_prefix=self._name)
+    def _new_worker(self) -> queue.SimpleQueue[_Job | None]:
+        jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        threading.Thread(target=_serve, args=(jobs,), name=self._name, daemon=True).start()
+        return jobs
 
     def run(self, what: str, call: Callable[[], _T], deadline: float) -> _T:
-        future: Future[_T] = self._worker.submit(call)
+        jobs = self._jobs
+        if jobs is None:
+            jobs = self._jobs = self._new_worker()
+        future: Future[_T] = Future()
+        jobs.put((future, call))
         try:
             return future.result(timeout=deadline)
         except FutureTimeout:
-            stuck, self._worker = self._worker, self._new_worker()
-            stuck.shutdown(wait=False)
+            self._jobs = None  # the next call gets a new worker
+            jobs.put(None)  # this one ends if the call ever returns
             raise CallHung(what, deadline) from None
 
     def close(self) -> None:
-        self._worker.shutdown(wait=False)
+        if self._jobs is not None:
+            self._jobs.put(None)
+            self._jobs = None
+
+
+_Job = tuple["Future[Any]", Callable[[], Any]]
+
+
+def _serve(jobs: queue.SimpleQueue[_Job | None]) -> None:
+    while (job := jobs.get()) is not None:
+        future, call = job
+        if future.set_running_or_notify_cancel():
+            try:
+                future.set_result(call())
+            except BaseException as exc:  # handed to the caller, raised there
+                future.set_exception(exc)
 
 
 def _boot_clock() -> float:

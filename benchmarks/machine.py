@@ -63,3 +63,38 @@ def machine_facts(ep: Endpoints) -> dict[str, str]:
         "Kafka": _kafka_version(ep),
         "Redis": f"{_redis_version(ep.redis_url)} at {ep.redis_url}",
     }
+
+
+def _server_kind(cmdline: bytes) -> str:
+    if b"redis-server" in cmdline:
+        return "redis"
+    if b"kafka.Kafka" in cmdline:
+        return "kafka"
+    if b"zookeeper" in cmdline.lower():
+        return "zookeeper"
+    if b"jaeger" in cmdline:
+        return "jaeger"
+    if b"python" in cmdline:
+        return "python"
+    return "other"
+
+
+def cpu_seconds_by_kind() -> dict[str, float]:
+    """CPU seconds every process on the machine has used so far, by kind (redis,
+    kafka, zookeeper, jaeger, python, other). The difference of two snapshots
+    says where a phase's CPU went, servers included (processes that exit in
+    between drop out: take it over a phase whose processes live throughout)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    totals: dict[str, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        kind = _server_kind(cmdline)
+        totals[kind] = totals.get(kind, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return totals

@@ -77,7 +77,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Event
 from typing import Any, Protocol
@@ -96,6 +96,7 @@ from benchmarks.common import (
     make_kct,
     unique,
 )
+from benchmarks.machine import cpu_seconds_by_kind
 from benchmarks.report import Section
 from benchmarks.workers import raw_consumer_config
 from examples.order_fulfillment.services import ACTIONS, PARTICIPANTS
@@ -131,6 +132,8 @@ class Phase:
     starts: Summary  # the start call alone (one transaction)
     per_start: float  # sagas per start transaction (mean)
     busy: float  # share of the phase the driver thread spent in start calls
+    # CPU µs per saga (unit) by process kind over the phase, servers included
+    cpu_us: dict[str, float] = field(default_factory=dict)
 
     @property
     def rate(self) -> float:
@@ -492,7 +495,15 @@ def _phases(ids: list[str], sizes: Sizes, driver: _Driver) -> tuple[Phase, Phase
     opened = ids[sizes.warmup + sizes.sagas :]
     _Phase(driver, 120).closed(warm, min(sizes.in_flight, 100))
     most = _Phase(driver, max(60.0, sizes.sagas / 20))
-    fastest = most.result(None, sizes.in_flight, most.closed(loaded, sizes.in_flight))
+    before = cpu_seconds_by_kind()
+    took = most.closed(loaded, sizes.in_flight)
+    after = cpu_seconds_by_kind()
+    ended = max(1, len(most.latencies))
+    spent = {k: (v - before.get(k, 0.0)) * 1e6 / ended for k, v in after.items()}
+    fastest = replace(
+        most.result(None, sizes.in_flight, took),
+        cpu_us={k: v for k, v in sorted(spent.items()) if v >= 1.0},
+    )
     steady = _Phase(driver, 30.0)
     result = steady.result(sizes.rate, 0, steady.open(opened, sizes.rate))
     marks = {u: (steady.due_ms[u], seen) for u, seen in steady.seen_ms.items()}
@@ -819,8 +830,24 @@ def sagas_section(result: SagasResult) -> Section:
             f"{detail.get('completed', '?')} of {detail.get('sagas_total', '?')} kct sagas "
             f"completed; stock and money invariants {check}. Both variants' transactional "
             f"producers use `retry.backoff.ms={_retry_backoff_ms()}`. "
-            f"{_hops_note(result)}{verdicts}"
+            f"{_cpu_note(result)}{_hops_note(result)}{verdicts}"
         ),
+    )
+
+
+def _cpu_note(result: SagasResult) -> str:
+    """Where the max phase's CPU went, per saga, by process kind (servers included)."""
+    parts = []
+    for label, phase in (("kct", result.kct_max), ("baseline", result.baseline_max)):
+        if phase.cpu_us:
+            total = sum(phase.cpu_us.values())
+            shown = ", ".join(f"{k} {v:,.0f}" for k, v in phase.cpu_us.items())
+            parts.append(f"{label} {total:,.0f} ({shown})")
+    if not parts:
+        return ""
+    return (
+        "CPU per saga in the max phase, µs, every process on the machine by kind "
+        f"(2 cores = 2,000,000 µs per second): {'; '.join(parts)}. "
     )
 
 

@@ -115,8 +115,10 @@ class TracingResult:
         return statistics.median(self.rates[mode])
 
     def _pairs(self, mode: str) -> list[tuple[float, float]]:
-        """(mode, off) rates of each repetition: the two ran next to each other."""
-        return [(m, o) for m, o in zip(self.rates[mode], self.rates["off"], strict=True) if m and o]
+        """(mode, off) rates of each repetition: the two ran next to each other
+        (100 % has off runs of its own, in its own phase)."""
+        offs = self.rates.get(f"off@{mode}", self.rates["off"])
+        return [(m, o) for m, o in zip(self.rates[mode], offs, strict=True) if m and o]
 
     def loss(self, mode: str) -> float:
         """The median over repetitions of each pair's loss: on a shared machine the
@@ -157,12 +159,20 @@ def _throughput(
     rates: dict[str, list[float]] = {mode: [] for mode, _ in MODES}
     walls: dict[str, list[float]] = {mode: [] for mode, _ in MODES}
     ratios = dict(MODES)
-    for rep in range(reps):
-        # off and 1 % alternate which goes first; 100 % runs last, then Jaeger
-        # gets a moment to ingest its spans before the next repetition.
-        order = ("off", "1%", "100%") if rep % 2 == 0 else ("1%", "off", "100%")
-        for mode in order:
-            ratio = ratios[mode]
+    # Two phases: off and 1 % in pairs taking turns to go first, then 100 %
+    # each next to an off run of its own. Jaeger, on the same two cores, ingests
+    # a 100 % run's spans for seconds afterwards, slowing whatever runs next:
+    # interleaved, that noise swamped the 1 % pairs.
+    # "headers" (diagnostic): an untraced runner on the 1 % topic, i.e. what the
+    # trace context headers alone cost, apart from the interceptor.
+    full_reps = max(2, (reps + 1) // 2)
+    firsts: list[tuple[str, ...]] = [("off", "headers", "1%"), ("1%", "headers", "off")]
+    runs = [firsts[rep % 2] for rep in range(reps)]
+    runs += [("off@100%", "100%")] * full_reps
+    for rep, order in enumerate(runs):
+        for label in order:
+            mode = {"off@100%": "off", "headers": "1%"}.get(label, label)
+            ratio = None if label == "headers" else ratios[mode]
             app = traced_kct(ep.kafka_bootstrap, ep.redis_url, "tp-runner", ratio, otlp)
             tune_gc()  # every run starts from the same collector state (as a sidecar's)
             started, cpu = time.perf_counter(), time.process_time()
@@ -179,13 +189,13 @@ def _throughput(
             app.store.reset(group)  # a run's read model is not kept (the stack's Redis stays small)
             app.close()
             done = applied == events
-            rates[mode].append(applied / cpu_seconds if done else 0.0)
-            walls[mode].append(applied / seconds if done else 0.0)
+            rates.setdefault(label, []).append(applied / cpu_seconds if done else 0.0)
+            walls.setdefault(label, []).append(applied / seconds if done else 0.0)
             progress(
-                f"  rep {rep + 1} tracing {mode}: {applied / cpu_seconds:,.0f} events per "
+                f"  run {rep + 1} tracing {label}: {applied / cpu_seconds:,.0f} events per "
                 f"CPU second, {applied / seconds:,.0f} events/s"
             )
-        time.sleep(1.0)
+        time.sleep(3.0 if "100%" in order else 1.0)  # Jaeger ingests a 100 % run's spans
     delete_topics(writers[0], *topics.values())
     for writer in writers:
         writer.close()
@@ -338,6 +348,24 @@ def tracing_section(result: TracingResult) -> Section:
                 "-" if mode == "off" else f"{result.p99_gap(mode):+.2f}",
             ]
         )
+    if result.rates.get("headers"):
+        headers = result.rates["headers"]
+        pairs = [(h, o) for h, o in zip(headers, result.rates["off"], strict=True) if h and o]
+        loss = 1 - statistics.median(h / o for h, o in pairs) if pairs else 1.0
+        added = statistics.median((1 / h - 1 / o) * 1e6 for h, o in pairs) if pairs else 0.0
+        rows.append(
+            [
+                "  1 % events, runner untraced (headers alone)",
+                f"{statistics.median(headers):,.0f}",
+                f"{min(headers):,.0f}-{max(headers):,.0f}",
+                f"{statistics.median(result.walls['headers']):,.0f}",
+                f"{-loss:+.1%}",
+                f"{added:+.1f}",
+                "",
+                "",
+                "",
+            ]
+        )
     spans = result.per_span_us
     return Section(
         title="Tracing cost: off, 100 % and 1 % sampling",
@@ -356,7 +384,11 @@ def tracing_section(result: TracingResult) -> Section:
         notes=(
             f"Projection throughput: {result.events:,} `OrderPlaced` events per mode on its own "
             f"3-partition topic, one fresh consumer group per run, {result.reps} repetitions "
-            "(median, range), off and 1 % taking turns to go first, 100 % last; events published "
+            "(median, range) of off and 1 % taking turns to go first, with between them an "
+            "untraced runner on the 1 % topic (what the trace context headers alone cost); then "
+            "100 % runs, each next to an off run of its own (`vs off` pairs them), since Jaeger "
+            "ingesting a 100 % run's spans on the same cores slows whatever runs next; events "
+            "published "
             "traced like the mode, runner traced like the mode (with kct's GC tuning, as a "
             "sidecar runs it), spans exported over OTLP/HTTP to the stack's Jaeger. Rates are per "
             "CPU second of the runner's process (every thread, the exporter's included): the "

@@ -493,7 +493,8 @@ class PositionNotifier(Protocol):
     def publish(
         self, projection: str, offsets: Mapping[TopicPartition, int], *, rewound: bool = False
     ) -> None:
-        """Announce new committed offsets. ``rewound``: the projection moved back
+        """Announce offsets a projection has stored (Kafka's commit of them follows;
+        a rewind's, after it). ``rewound``: the projection moved back
         (its read model lost writes); listeners replace, not raise, what they hold."""
         ...
 

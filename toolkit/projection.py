@@ -11,7 +11,9 @@ the topics it reads and a handler per event type. A
    store step, conditional on the stored offsets being the ones this runner
    last saw (so a runner that lost its partitions to a rebalance cannot
    overwrite the new owner's work);
-4. commit the same offsets to Kafka and announce them to waiters.
+4. announce the same offsets to waiters, then commit them to Kafka (a
+   waiter needs the store step, not Kafka's commit: announcing first keeps
+   the commit's round trip off read-after-write's path).
 
 Guarantees: the read model's own stored offsets say exactly which events it
 contains. On assignment a runner starts each partition at the stored offset
@@ -1013,6 +1015,12 @@ class ProjectionRunner:
         owned = {tp: o for tp, o in self._uncommitted.items() if tp in self._stored}
         if not owned:
             return
+        rewound = {tp: o for tp, o in owned.items() if tp in self._rewound}
+        if len(rewound) < len(owned):
+            # Waiters first: these offsets are stored with the data, all a
+            # waiter needs; Kafka's commit (a round trip to the group
+            # coordinator) then follows, off read-after-write's critical path.
+            self._announce({tp: o for tp, o in owned.items() if tp not in rewound})
         try:
             self._reader.commit(owned)
         except ConnectorError as exc:
@@ -1022,18 +1030,21 @@ class ProjectionRunner:
         for tp, offset in owned.items():
             if self._uncommitted.get(tp) == offset:
                 del self._uncommitted[tp]
+        if rewound and self._announce(rewound, rewound=True):
+            # After Kafka's: a waiter checking Kafka meanwhile must not see the
+            # old, higher offsets again after hearing the rewind.
+            self._rewound.difference_update(rewound)
+
+    def _announce(self, offsets: Mapping[TopicPartition, int], *, rewound: bool = False) -> bool:
+        """Tell waiters; a failure is logged (they fall back to Kafka's offsets)."""
         if self._notifier is None:
-            return
-        rewound = {tp: o for tp, o in owned.items() if tp in self._rewound}
+            return True
         try:
-            if rewound:
-                self._notifier.publish(self.projection.name, rewound, rewound=True)
-                self._rewound.difference_update(rewound)
-            if len(rewound) < len(owned):
-                moved = {tp: o for tp, o in owned.items() if tp not in rewound}
-                self._notifier.publish(self.projection.name, moved)
-        except ConnectorError as exc:  # waiters fall back to Kafka's offsets
+            self._notifier.publish(self.projection.name, offsets, rewound=rewound)
+        except ConnectorError as exc:
             log.warning("%s: position notification failed: %s", self.projection.name, exc)
+            return False
+        return True
 
     def close(self) -> None:
         """Finish the store step in flight, commit what is stored, leave the group."""

@@ -1,12 +1,14 @@
 """ProjectionRunner, ReadModelBatch and the consistency manager on in-memory ports."""
 
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
 
 from connectors.avro import AvroCodec, AvroSchemaRegistry, bundled_schema_dir
 from tests.fakes import (
+    InMemoryConsumer,
     InMemoryLog,
     InMemoryOffsets,
     InMemoryPositions,
@@ -17,7 +19,7 @@ from toolkit.conflicts import ConflictResolver, ResolverPolicy
 from toolkit.consistency import EventualConsistencyManager, ReadAfterWrite
 from toolkit.dead_letter import DeadLetter, DeadLetterQueue
 from toolkit.envelope import Envelope
-from toolkit.errors import ConsistencyTimeout
+from toolkit.errors import ConsistencyTimeout, ConsumeError
 from toolkit.hlc import HybridLogicalClock
 from toolkit.ports import OutgoingRecord
 from toolkit.positions import ConsistencyToken, Position, TopicPartition
@@ -324,3 +326,37 @@ def test_events_go_through_the_resolver_and_its_rejections_are_audited() -> None
     trail = world.store.get("stats", resolutions_key("order", "o-2"))
     assert trail is not None
     assert [e["reason"] for e in trail["entries"]] == ["duplicate"]
+
+
+class _CommitFails(InMemoryConsumer):
+    """Kafka's commit failing (a group coordinator away) while all else works."""
+
+    failing = True
+
+    def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        if self.failing:
+            raise ConsumeError("commit failed: coordinator unreachable", group=self.group)
+        super().commit(offsets)
+
+
+def test_waiters_hear_a_stored_batch_without_waiting_for_the_kafka_commit() -> None:
+    world = World()
+    consumer = _CommitFails(world.log, "stats")
+    runner = ProjectionRunner(
+        world.projection,
+        consumer,
+        CODEC,
+        world.store,
+        DeadLetterQueue(world.log, "stats"),
+        notifier=world.positions,
+    )
+    token = ConsistencyToken.of(world.publish(placed_event("o1", "c1", 100)))
+    assert runner.run_once() == 1
+    # Stored with its offsets: announced, although Kafka's commit failed.
+    assert world.positions.latest("stats") == {TP: 1}
+    assert token.is_applied_by(world.positions.latest("stats"))
+    assert world.log.committed["stats"] == {}
+    assert runner.stats.commit_failures == 1
+    consumer.failing = False
+    runner.run_once()  # the commit is retried with the next cycle
+    assert world.log.committed["stats"] == {TP: 1}

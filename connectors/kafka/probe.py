@@ -1,7 +1,11 @@
 """Readiness probe for a Kafka cluster: does a metadata request list a broker?
 
 Guarantee: ``kafka_ready`` returns True only after a real metadata round trip
-that names at least one broker, i.e. the broker accepts client requests.
+that names at least one broker, i.e. the broker accepts client requests; given
+``broker_id``, one that names that broker: in KRaft a broker is listed once it
+has registered with the controllers and is unfenced, so a cluster whose every
+node passed is whole (a node that answers but is not registered yet made
+topic creation with replication factor 3 fail).
 Failure modes: never raises for an unreachable or starting cluster; it answers
 False (connection refused, timeout, broker not yet registered).
 """
@@ -14,8 +18,9 @@ from confluent_kafka.admin import AdminClient
 __all__ = ["kafka_ready"]
 
 
-def kafka_ready(bootstrap: str, timeout: float) -> bool:
-    """True if ``bootstrap`` answers a metadata request listing a broker within ``timeout``."""
+def kafka_ready(bootstrap: str, timeout: float, broker_id: int | None = None) -> bool:
+    """True if ``bootstrap`` answers a metadata request within ``timeout`` listing a
+    broker (``broker_id``, if given)."""
     admin = AdminClient(
         {
             "bootstrap.servers": bootstrap,
@@ -29,4 +34,6 @@ def kafka_ready(bootstrap: str, timeout: float) -> bool:
         metadata = admin.list_topics(timeout=timeout)
     except KafkaException:
         return False
+    if broker_id is not None:
+        return broker_id in metadata.brokers
     return bool(metadata.brokers)

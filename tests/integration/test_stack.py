@@ -28,6 +28,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 from kazoo.client import KazooClient
 
+from connectors.kafka.probe import kafka_ready
 from toolkit.runtime.stack import default_port_offset
 
 # Relative to this run's own stack (KCT_STACK_PORT_OFFSET), so they never collide.
@@ -105,6 +106,15 @@ def test_up_brings_every_server_healthy(stack_dir: Path) -> None:
     assert services["jaeger"]["endpoint"] == f"http://127.0.0.1:{16686 + OFFSET}"
     assert services["jaeger"]["otlp_grpc"] == f"127.0.0.1:{4317 + OFFSET}"
     assert services["jaeger"]["otlp_http"] == f"http://127.0.0.1:{4318 + OFFSET}"
+
+
+def test_kafka_is_ready_only_once_the_node_itself_is_listed(stack_dir: Path) -> None:
+    # A cluster node that answers before it registered would let a replication
+    # factor 3 topic fail: the probe asks for the node's own broker id.
+    bootstrap = f"127.0.0.1:{19092 + OFFSET}"
+    assert kafka_ready(bootstrap, 10.0)
+    assert kafka_ready(bootstrap, 10.0, broker_id=1)  # the single node's id
+    assert not kafka_ready(bootstrap, 10.0, broker_id=2)  # answers, but lists no node 2
 
 
 def test_kafka_produces_and_consumes(stack_dir: Path) -> None:

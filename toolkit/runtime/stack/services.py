@@ -348,7 +348,8 @@ class KafkaService(Service):
     def probe(self, timeout: float) -> bool:
         if not port_open(self.port("kafka"), min(timeout, 1.0)):
             return False
-        return kafka_ready(self.endpoint(), timeout)
+        # This node registered and unfenced, not merely answering: see kafka_ready.
+        return kafka_ready(self.endpoint(), timeout, broker_id=max(self.node, 1))
 
 
 _cluster_id_lock = Lock()

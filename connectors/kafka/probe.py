@@ -1,26 +1,29 @@
 """Readiness probe for a Kafka cluster: does a metadata request list a broker?
 
 Guarantee: ``kafka_ready`` returns True only after a real metadata round trip
-that names at least one broker, i.e. the broker accepts client requests; given
-``broker_id``, one that names that broker: in KRaft a broker is listed once it
-has registered with the controllers and is unfenced, so a cluster whose every
-node passed is whole (a node that answers but is not registered yet made
-topic creation with replication factor 3 fail).
+that names at least one broker, i.e. the broker accepts client requests.
+``kafka_can_replicate`` asks the controller to validate (not create) a topic
+with ``replicas`` replicas: it passes once that many brokers are registered
+and unfenced. A restarted node answers metadata requests while it still
+replays the metadata log (a minute on a long-lived stack), listing itself from
+its old image, so answering is not enough for a cluster: topic creation with
+replication factor 3 failed in a CI run that started right then.
 Failure modes: never raises for an unreachable or starting cluster; it answers
 False (connection refused, timeout, broker not yet registered).
 """
 
 from __future__ import annotations
 
+import uuid
+
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AdminClient, NewTopic
 
-__all__ = ["kafka_ready"]
+__all__ = ["kafka_can_replicate", "kafka_ready"]
 
 
-def kafka_ready(bootstrap: str, timeout: float, broker_id: int | None = None) -> bool:
-    """True if ``bootstrap`` answers a metadata request within ``timeout`` listing a
-    broker (``broker_id``, if given)."""
+def kafka_ready(bootstrap: str, timeout: float) -> bool:
+    """True if ``bootstrap`` answers a metadata request listing a broker within ``timeout``."""
     admin = AdminClient(
         {
             "bootstrap.servers": bootstrap,
@@ -34,6 +37,23 @@ def kafka_ready(bootstrap: str, timeout: float, broker_id: int | None = None) ->
         metadata = admin.list_topics(timeout=timeout)
     except KafkaException:
         return False
-    if broker_id is not None:
-        return broker_id in metadata.brokers
     return bool(metadata.brokers)
+
+
+def kafka_can_replicate(bootstrap: str, replicas: int, timeout: float) -> bool:
+    """True if the controller would create a topic with ``replicas`` replicas now
+    (a validate-only request: nothing is created)."""
+    admin = AdminClient(
+        {"bootstrap.servers": bootstrap, "socket.timeout.ms": max(1000, int(timeout * 1000))}
+    )
+    topic = f"kct-readiness-probe-{uuid.uuid4().hex[:8]}"
+    futures = admin.create_topics(
+        [NewTopic(topic, num_partitions=1, replication_factor=replicas)],
+        validate_only=True,
+        request_timeout=timeout,
+    )
+    try:
+        futures[topic].result(timeout)
+    except KafkaException:
+        return False
+    return True

@@ -28,7 +28,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 from kazoo.client import KazooClient
 
-from connectors.kafka.probe import kafka_ready
+from connectors.kafka.probe import kafka_can_replicate, kafka_ready
 from toolkit.runtime.stack import default_port_offset
 
 # Relative to this run's own stack (KCT_STACK_PORT_OFFSET), so they never collide.
@@ -108,13 +108,18 @@ def test_up_brings_every_server_healthy(stack_dir: Path) -> None:
     assert services["jaeger"]["otlp_http"] == f"http://127.0.0.1:{4318 + OFFSET}"
 
 
-def test_kafka_is_ready_only_once_the_node_itself_is_listed(stack_dir: Path) -> None:
-    # A cluster node that answers before it registered would let a replication
-    # factor 3 topic fail: the probe asks for the node's own broker id.
+def test_a_cluster_is_ready_once_the_controller_accepts_its_replication_factor(
+    stack_dir: Path,
+) -> None:
+    # Answering is not enough for a cluster (a restarted node answers while it
+    # replays the metadata log): `up --cluster` waits for a validate-only topic
+    # of the cluster's replication factor. Here, on one broker: 1 but not 2.
     bootstrap = f"127.0.0.1:{19092 + OFFSET}"
     assert kafka_ready(bootstrap, 10.0)
-    assert kafka_ready(bootstrap, 10.0, broker_id=1)  # the single node's id
-    assert not kafka_ready(bootstrap, 10.0, broker_id=2)  # answers, but lists no node 2
+    assert kafka_can_replicate(bootstrap, 1, 10.0)
+    assert not kafka_can_replicate(bootstrap, 2, 10.0)
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    assert not [t for t in admin.list_topics(timeout=10).topics if "readiness" in t]
 
 
 def test_kafka_produces_and_consumes(stack_dir: Path) -> None:

@@ -46,6 +46,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from connectors.kafka.probe import kafka_can_replicate
 from toolkit.errors import StackError
 from toolkit.runtime.stack import process as proc
 from toolkit.runtime.stack.provision import default_cache_dir
@@ -262,7 +263,27 @@ class LocalStack:
             self._record()
         if errors:
             raise _combine(errors)
+        if self.topology.is_cluster:
+            self._wait_replicable()
         return self._stack_status(results)
+
+    def _wait_replicable(self) -> None:
+        """A cluster is up once the controller accepts topics of its replication
+        factor: every node answering is not enough (a restarted node answers while
+        it still replays the metadata log, fenced, for up to a minute)."""
+        bootstrap = self.endpoints().kafka_bootstrap
+        replicas = self.topology.replication_factor
+        deadline = time.monotonic() + self.ready_timeout
+        while not kafka_can_replicate(bootstrap, replicas, _PROBE_TIMEOUT):
+            if time.monotonic() >= deadline:
+                raise StackError(
+                    f"the Kafka cluster did not accept replication factor {replicas} within "
+                    f"{self.ready_timeout:.0f} s (its brokers are not all registered and "
+                    "unfenced; see their server logs)",
+                    service="kafka",
+                    log=str(self.layout.logs),
+                )
+            time.sleep(1.0)
 
     def _ensure_running(self, svc: Service, record: proc.PidRecord | None) -> ServiceStatus:
         if record is not None:

@@ -348,8 +348,7 @@ class KafkaService(Service):
     def probe(self, timeout: float) -> bool:
         if not port_open(self.port("kafka"), min(timeout, 1.0)):
             return False
-        # This node registered and unfenced, not merely answering: see kafka_ready.
-        return kafka_ready(self.endpoint(), timeout, broker_id=max(self.node, 1))
+        return kafka_ready(self.endpoint(), timeout)
 
 
 _cluster_id_lock = Lock()

@@ -19,7 +19,7 @@ import uuid
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-__all__ = ["kafka_can_replicate", "kafka_ready"]
+__all__ = ["kafka_brokers", "kafka_can_replicate", "kafka_ready"]
 
 
 def kafka_ready(bootstrap: str, timeout: float) -> bool:
@@ -38,6 +38,21 @@ def kafka_ready(bootstrap: str, timeout: float) -> bool:
     except KafkaException:
         return False
     return bool(metadata.brokers)
+
+
+def kafka_brokers(bootstrap: str, timeout: float) -> int:
+    """How many brokers the metadata of ``bootstrap`` lists (0 if it does not answer)."""
+    admin = AdminClient(
+        {
+            "bootstrap.servers": bootstrap,
+            "socket.timeout.ms": max(1000, int(timeout * 1000)),
+            "log_level": 0,
+        }
+    )
+    try:
+        return len(admin.list_topics(timeout=timeout).brokers)
+    except KafkaException:
+        return 0
 
 
 def kafka_can_replicate(bootstrap: str, replicas: int, timeout: float) -> bool:

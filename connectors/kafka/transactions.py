@@ -43,10 +43,11 @@ Error classes, as librdkafka defines them, each handled here:
 A transaction left open (its context manager exited without commit) is
 aborted.
 
-Every call that waits for the brokers (``init_transactions``,
-``send_offsets_to_transaction``, ``commit_transaction``,
+Every call that waits for the brokers inside a transaction
+(``send_offsets_to_transaction``, ``commit_transaction``,
 ``abort_transaction``) runs on a worker thread under a hard deadline of twice
-the operation timeout. librdkafka does not always honour its own timeout:
+the operation timeout (``init_transactions`` does not: abandoned, it could
+still complete and fence its successor). librdkafka does not always honour its own timeout:
 with the group coordinator killed, ``send_offsets_to_transaction`` can block
 for good (librdkafka issues 5456 and 5511), and the loop calling it with it.
 Past the deadline the stuck call is abandoned with its producer (the thread
@@ -207,8 +208,11 @@ class KafkaTransactionalProducer:
             producer = Producer(self._config)
         except KafkaException as exc:
             raise PublishError(f"invalid producer configuration: {exc.args[0]}") from exc
+        # Called directly, not under the hard deadline: an abandoned
+        # init_transactions that completed later would bump the epoch and fence
+        # the producer created after it (seen with two brokers down).
         try:
-            self.bounded("init_transactions", lambda: producer.init_transactions(self._timeout))
+            producer.init_transactions(self._timeout)
         except KafkaException as exc:
             error = kafka_error(exc)
             raise PublishError(
@@ -216,12 +220,6 @@ class KafkaTransactionalProducer:
                 transactional_id=self.transactional_id,
                 code=error.name(),
             ) from exc
-        except CallHung as hung:
-            raise PublishError(
-                f"cannot initialise transactions: {hung}",
-                transactional_id=self.transactional_id,
-                code="hung",
-            ) from None
         return producer
 
     def bounded(self, what: str, call: Callable[[], _T]) -> _T:

@@ -46,7 +46,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from connectors.kafka.probe import kafka_can_replicate
+from connectors.kafka.probe import kafka_brokers, kafka_can_replicate
 from toolkit.errors import StackError
 from toolkit.runtime.stack import process as proc
 from toolkit.runtime.stack.provision import default_cache_dir
@@ -269,12 +269,22 @@ class LocalStack:
 
     def _wait_replicable(self) -> None:
         """A cluster is up once the controller accepts topics of its replication
-        factor: every node answering is not enough (a restarted node answers while
-        it still replays the metadata log, fenced, for up to a minute)."""
+        factor and every node's metadata lists every broker, three checks in a
+        row: every node answering is not enough (a restarted node answers while
+        it still replays the metadata log, fenced, for up to a minute; CI runs
+        started the fault tests seeing one broker)."""
         bootstrap = self.endpoints().kafka_bootstrap
+        nodes = bootstrap.split(",")
         replicas = self.topology.replication_factor
         deadline = time.monotonic() + self.ready_timeout
-        while not kafka_can_replicate(bootstrap, replicas, _PROBE_TIMEOUT):
+        steady = 0
+        while True:
+            whole = kafka_can_replicate(bootstrap, replicas, _PROBE_TIMEOUT) and all(
+                kafka_brokers(node, _PROBE_TIMEOUT) >= len(nodes) for node in nodes
+            )
+            steady = steady + 1 if whole else 0
+            if steady >= 3:
+                return
             if time.monotonic() >= deadline:
                 raise StackError(
                     f"the Kafka cluster did not accept replication factor {replicas} within "

@@ -330,8 +330,10 @@ class KafkaService(Service):
             )
 
     def argv(self) -> list[str]:
-        # A cluster's three nodes share a small machine with other stacks.
-        heap = os.environ.get("KCT_KAFKA_HEAP", "384m" if self.node else "512m")
+        # A cluster's three nodes share a small machine with other stacks. 512 MB
+        # ran out (OutOfMemoryError) on a long-lived stack holding the topics of
+        # many test and benchmark runs: its metadata alone outgrew the heap.
+        heap = os.environ.get("KCT_KAFKA_HEAP", "768m" if self.node else "1g")
         return [
             _java(),
             f"-Xms{heap}",

@@ -22,9 +22,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 __all__ = ["kafka_brokers", "kafka_can_replicate", "kafka_ready"]
 
 
-def kafka_ready(bootstrap: str, timeout: float) -> bool:
-    """True if ``bootstrap`` answers a metadata request listing a broker within ``timeout``."""
-    admin = AdminClient(
+def _admin(bootstrap: str, timeout: float) -> AdminClient:
+    return AdminClient(
         {
             "bootstrap.servers": bootstrap,
             "socket.timeout.ms": max(1000, int(timeout * 1000)),
@@ -33,24 +32,17 @@ def kafka_ready(bootstrap: str, timeout: float) -> bool:
             "log_level": 0,
         }
     )
-    try:
-        metadata = admin.list_topics(timeout=timeout)
-    except KafkaException:
-        return False
-    return bool(metadata.brokers)
+
+
+def kafka_ready(bootstrap: str, timeout: float) -> bool:
+    """True if ``bootstrap`` answers a metadata request listing a broker within ``timeout``."""
+    return kafka_brokers(bootstrap, timeout) > 0
 
 
 def kafka_brokers(bootstrap: str, timeout: float) -> int:
     """How many brokers the metadata of ``bootstrap`` lists (0 if it does not answer)."""
-    admin = AdminClient(
-        {
-            "bootstrap.servers": bootstrap,
-            "socket.timeout.ms": max(1000, int(timeout * 1000)),
-            "log_level": 0,
-        }
-    )
     try:
-        return len(admin.list_topics(timeout=timeout).brokers)
+        return len(_admin(bootstrap, timeout).list_topics(timeout=timeout).brokers)
     except KafkaException:
         return 0
 
@@ -58,9 +50,7 @@ def kafka_brokers(bootstrap: str, timeout: float) -> int:
 def kafka_can_replicate(bootstrap: str, replicas: int, timeout: float) -> bool:
     """True if the controller would create a topic with ``replicas`` replicas now
     (a validate-only request: nothing is created)."""
-    admin = AdminClient(
-        {"bootstrap.servers": bootstrap, "socket.timeout.ms": max(1000, int(timeout * 1000))}
-    )
+    admin = _admin(bootstrap, timeout)
     topic = f"kct-readiness-probe-{uuid.uuid4().hex[:8]}"
     futures = admin.create_topics(
         [NewTopic(topic, num_partitions=1, replication_factor=replicas)],
